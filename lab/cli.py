@@ -1,0 +1,186 @@
+"""The ``lab`` command: train, check, sweep, report, bench."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lab.errors import LabError
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+
+def _fmt_int(n) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def run_table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col, justify in (("config", "left"), ("family", "left"), ("plan", "left"),
+                         ("params", "right"), ("depth", "right"), ("FLOPs/tok", "right"),
+                         ("val acc", "right"), ("OOD acc", "right"), ("wall", "right"),
+                         ("run dir", "left")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.get("config", ""), r["family"], r["plan"], _fmt_int(r["params"]),
+            str(r["depth"]), _fmt_int(r["flops"]), _pct(r.get("val")), _pct(r.get("ood")),
+            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", r.get("run_dir", "-"),
+        )
+    return table
+
+
+def cmd_train(args) -> int:
+    from lab.config import load_config
+    from lab.harness import train
+
+    cfg = load_config(args.config, args.overrides)
+    res = train(cfg)
+    row = {
+        "config": ", ".join(args.config) if args.config else "defaults",
+        "family": res.config["model"]["family"],
+        "plan": res.plan["description"],
+        "params": res.costs.get("params"),
+        "depth": res.costs.get("effective_depth"),
+        "flops": res.costs.get("flops_per_token"),
+        "val": res.metrics.get("val/acc_token"),
+        "ood": res.metrics.get("ood/acc_token"),
+        "wall": res.wall_time_s,
+        "run_dir": res.run_dir,
+    }
+    out.print(run_table([row], "lab train"))
+    if res.status != "ok":
+        console.print(f"[red]run {res.status}: {res.reason}[/red]")
+        return 1
+    out.print(f"TensorBoard: tensorboard --logdir {Path(res.run_dir).parent} --host 127.0.0.1")
+    return 0
+
+
+def _config_files(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    return files
+
+
+def cmd_check(args) -> int:
+    import torch
+
+    from lab.config import load_config
+    from lab.cost import static_costs
+    from lab.model import build_model, resolve
+    from lab.sweep import load_ablation
+    from lab.tasks import eval_set
+
+    torch.set_num_threads(1)
+    rows, failures = [], 0
+    targets = _config_files(args.paths or ["configs", "ablations"])
+    for f in targets:
+        try:
+            if f.parent.name == "ablations" or "space" in (f.read_text() if f.is_file() else ""):
+                abl = load_ablation(f)
+                cfgs = [(f"{f.name} [{s.label}]", c) for s, c in abl.setting_configs()]
+            else:
+                cfgs = [(f.name, load_config([f]))]
+            for label, cfg in cfgs:
+                cfg, task, plan = resolve(cfg)
+                model = build_model(cfg, task, plan)
+                x, _ = eval_set(task, "val", 2)
+                model(x)
+                c = static_costs(model, plan, task)
+                rows.append({"config": label, "family": cfg.model.family,
+                             "plan": plan.describe(), "params": c["params"],
+                             "depth": c["effective_depth"], "flops": c["flops_per_token"]})
+        except LabError as e:
+            failures += 1
+            console.print(f"[red]{f}: {e}[/red]")
+    out.print(run_table(rows, f"lab check: {len(rows)} configs built, one forward pass each"))
+    return 2 if failures else 0
+
+
+def cmd_sweep(args) -> int:
+    from lab.sweep import run_sweep
+
+    return run_sweep(args.ablation, args.overrides, workers=args.workers)
+
+
+def cmd_report(args) -> int:
+    from lab.report import write_report
+
+    return write_report(args.ablation, args.overrides)
+
+
+def cmd_bench(args) -> int:
+    from lab.bench import run_bench
+
+    return run_bench(quick=args.quick, out_dir=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lab", description="Architecture ablation lab: looped layers and width profiles."
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train one run")
+    t.add_argument("--config", "-c", action="append", default=[],
+                   help="YAML config file (repeatable; later files win)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.loops=3")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("check", help="build every config and ablation, one forward pass each")
+    c.add_argument("paths", nargs="*", help="files or folders (default: configs/ ablations/)")
+    c.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("sweep", help="run an ablation study (resumable)")
+    s.add_argument("ablation", help="ablation file, e.g. ablations/loops.yaml")
+    s.add_argument("overrides", nargs="*",
+                   help="key=value: config keys (task.hops=8) or study keys (storage=..., seeds=[0,1])")
+    s.add_argument("--workers", "-w", type=int, default=None,
+                   help="worker processes (default: study.workers, else one per core)")
+    s.set_defaults(func=cmd_sweep)
+
+    r = sub.add_parser("report", help="write reports/<ablation>/report.md from the study storage")
+    r.add_argument("ablation")
+    r.add_argument("overrides", nargs="*", help="study keys, e.g. storage=...")
+    r.set_defaults(func=cmd_report)
+
+    b = sub.add_parser("bench", help="measure harness overhead and utilisation")
+    b.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
+    b.add_argument("--out", default="reports/bench", help="where to write report.md")
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LabError as e:
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Typed configuration: dataclass defaults, then YAML files, then ``key=value`` overrides.
+
+Layers are merged with OmegaConf onto the structured schema below, so an unknown key or a
+value of the wrong type fails with the key named. Checks that need several keys at once
+(heads dividing widths, a band inside the stack, ...) live in :func:`validate` and in the
+plan builders of :mod:`lab.model.plan`; both raise :class:`~lab.errors.ConfigError`.
+
+The ``task`` section is a free mapping whose ``name`` picks a task class; that class's own
+``Config`` dataclass checks the remaining keys (see :mod:`lab.tasks`). Setting ``task.name``
+in a layer starts the task section afresh, so ``task.name=word`` does not inherit the
+pointer task's ``hops`` from the file below it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    GrammarParseError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from lab.errors import ConfigError, LabError
+
+
+@dataclass
+class ModelConfig:
+    # Which plan builder runs (lab.model.plan.FAMILIES): uniform | looped | banded.
+    family: str = "uniform"
+    d_model: int = 64
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    # Unique blocks. For `looped`, the band is the shared core, the layers before it the
+    # prelude and the layers after it the coda.
+    n_layers: int = 3
+    # [first, last] layer index of the middle band (inclusive). Default: all layers but the
+    # first and the last when n_layers >= 3, else the whole stack.
+    band: list[int] | None = None
+    # --- looped family -------------------------------------------------------------------
+    loops: int = 1
+    # Loop count at evaluation (test-time extrapolation); default: `loops`.
+    eval_loops: int | None = None
+    # "add": add the prelude output to the state before every loop after the first
+    # (input injection, as in recurrent-depth models, Geiping et al. 2025).
+    injection: Literal["none", "add"] = "none"
+    # "every": average the loss over the readouts after every loop that carries gradient.
+    supervision: Literal["final", "every"] = "final"
+    # Backpropagate through only the last k loops (truncated BPTT); None = all loops.
+    bptt_loops: int | None = None
+    # Loop count per training step: fixed (= loops), uniform over loops_range, or Poisson
+    # with mean `loops` clipped to loops_range.
+    loop_sampling: Literal["fixed", "uniform", "poisson"] = "fixed"
+    loops_range: list[int] | None = None
+    # --- width along depth ---------------------------------------------------------------
+    width_profile: Literal["uniform", "wide_middle", "narrow_middle", "wide_ends", "explicit"] = (
+        "uniform"
+    )
+    width_factor: float = 2.0
+    widths: list[int] | None = None  # with width_profile=explicit: one width per layer
+    # How the residual stream changes width between blocks: learned linear map, or
+    # truncate / zero-pad.
+    resize: Literal["linear", "pad"] = "linear"
+    # Model keys that define a reference model (relative to this one); when set, d_model
+    # (and, for the last 2%, mlp_ratio) are solved so unique parameters match it.
+    match_params: dict[str, Any] | None = None
+    match_tolerance: float = 0.02
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # Threads per process (torch.set_num_threads). Results are bit-identical only at the
+    # same thread count.
+    threads: int = 1
+    accelerator: str = "auto"
+    # "auto": bf16-mixed on a GPU that supports it, 32-true otherwise.
+    precision: str = "auto"
+    devices: int = 1
+    strategy: str = "auto"
+    deterministic: bool = True
+    val_every: int = 500
+    val_size: int = 1024
+    log_every: int = 50
+    # Checkpoint every N steps into the run directory (0: only at the end).
+    ckpt_every: int = 500
+    compile: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    # Per-loop / per-layer readouts, update norms and readout drift on the validation set.
+    diagnostics: bool = True
+    # Loop counts for test-time extrapolation of looped models; None = 1..2*loops.
+    extrapolate: list[int] | None = None
+    # Measure cost (throughput, decode latency, KV cache, peak memory) after training.
+    cost: bool = True
+    decode_tokens: int = 32
+
+
+@dataclass
+class LabConfig:
+    # Run name: runs/<name>/version_<n>. None = derived from task and family.
+    name: str | None = None
+    seed: int = 0
+    resume: bool = False
+    out_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: dict[str, Any] = field(default_factory=lambda: {"name": "pointer"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _schema() -> DictConfig:
+    return OmegaConf.structured(LabConfig)
+
+
+def _describe_keys(node: Any) -> list[str]:
+    if isinstance(node, DictConfig):
+        return [str(k) for k in node]
+    return []
+
+
+def _translate(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    """Turn an OmegaConf exception into one readable ConfigError naming the key."""
+    key = getattr(err, "full_key", None) or "?"
+    where = f" (from {source})" if source else ""
+    if isinstance(err, ConfigKeyError | ConfigAttributeError):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(schema, parent) if parent else schema
+        valid = _describe_keys(node)
+        hint = difflib.get_close_matches(leaf, valid, n=1)
+        msg = f"unknown key{where}."
+        if hint:
+            msg += f" Did you mean '{(parent + '.') if parent else ''}{hint[0]}'?"
+        if valid:
+            msg += f" Valid keys{(' under ' + repr(parent)) if parent else ''}: {', '.join(valid)}."
+        return ConfigError(key, msg)
+    if isinstance(err, ValidationError):
+        detail = str(err.msg).split("\n")[0]
+        return ConfigError(key, f"invalid value{where}: {detail}")
+    if isinstance(err, GrammarParseError | InterpolationResolutionError):
+        return ConfigError(key, f"cannot parse value{where}: {str(err.msg).splitlines()[0]}")
+    return ConfigError(key, f"{str(err).splitlines()[0]}{where}")
+
+
+def _load_yaml(path: str | os.PathLike) -> DictConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise LabError(f"config file '{path}' does not exist (looked at {p.resolve()}).")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LabError(f"config file '{path}' is not valid YAML{where}: {problem}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LabError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}.")
+    return OmegaConf.create(data)
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    """Parse ``key=value`` strings (values are YAML: 3, 0.1, true, [1, 2], null)."""
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise LabError(
+            f"override '{bad[0]}' is not of the form key=value "
+            "(for example model.loops=3 or task.hops=8)."
+        )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise LabError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+
+
+def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source: str) -> DictConfig:
+    # A layer that names a different task starts the task section afresh.
+    new_task = OmegaConf.select(layer, "task.name", default=None)
+    if new_task is not None and new_task != OmegaConf.select(cfg, "task.name", default=None):
+        cfg.task = OmegaConf.create({"name": new_task})
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        raise _translate(e, schema, source) from None
+
+
+def load_config(
+    files: list[str | os.PathLike] | None = None,
+    overrides: list[str] | None = None,
+    layers: list[dict | DictConfig] | None = None,
+) -> LabConfig:
+    """Defaults, then each YAML file, then each extra mapping layer, then overrides."""
+    schema = _schema()
+    cfg = schema.copy()
+    for f in files or []:
+        cfg = _merge_layer(cfg, _load_yaml(f), schema, str(f))
+    for layer in layers or []:
+        cfg = _merge_layer(cfg, OmegaConf.create(layer), schema, "")
+    if overrides:
+        cfg = _merge_layer(cfg, parse_overrides(overrides), schema, "command line")
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _translate(e, schema, "") from None
+    assert isinstance(obj, LabConfig)
+    validate(obj)
+    return obj
+
+
+def to_dict(cfg: LabConfig) -> dict[str, Any]:
+    """Plain, YAML-serialisable dict of a config."""
+    out = dataclasses.asdict(cfg)
+    return _plain(out)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, DictConfig | ListConfig):
+        return OmegaConf.to_container(x, resolve=True)
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def to_yaml(cfg: LabConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'loops': 2}} -> {'model.loops': 2}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of single keys and simple relations; structural checks live in the plan builders.
+
+
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(key, msg)
+
+
+def validate(cfg: LabConfig) -> None:
+    m, t, e = cfg.model, cfg.train, cfg.eval
+    _need(m.d_model >= 1, "model.d_model", f"must be a positive integer, got {m.d_model}.")
+    _need(m.n_heads >= 1, "model.n_heads", f"must be a positive integer, got {m.n_heads}.")
+    _need(
+        m.d_model % m.n_heads == 0,
+        "model.n_heads",
+        f"{m.n_heads} heads do not divide model.d_model={m.d_model}; "
+        f"use a head count that divides it (e.g. {_divisors(m.d_model)}).",
+    )
+    _need(m.mlp_ratio > 0, "model.mlp_ratio", f"must be > 0, got {m.mlp_ratio}.")
+    _need(m.n_layers >= 1, "model.n_layers", f"must be at least 1, got {m.n_layers}.")
+    _need(
+        m.loops >= 1,
+        "model.loops",
+        f"must be at least 1 (1 = the band runs once), got {m.loops}.",
+    )
+    if m.eval_loops is not None:
+        _need(m.eval_loops >= 1, "model.eval_loops", f"must be at least 1, got {m.eval_loops}.")
+    if m.bptt_loops is not None:
+        _need(m.bptt_loops >= 1, "model.bptt_loops", f"must be at least 1, got {m.bptt_loops}.")
+    if m.loops_range is not None:
+        _need(
+            len(m.loops_range) == 2 and 1 <= m.loops_range[0] <= m.loops_range[1],
+            "model.loops_range",
+            f"must be [low, high] with 1 <= low <= high, got {list(m.loops_range)}.",
+        )
+    if m.loop_sampling == "uniform":
+        _need(
+            m.loops_range is not None,
+            "model.loops_range",
+            "model.loop_sampling=uniform needs model.loops_range=[low, high].",
+        )
+    _need(m.width_factor > 0, "model.width_factor", f"must be > 0, got {m.width_factor}.")
+    _need(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}.")
+    _need(
+        0 < m.match_tolerance < 1,
+        "model.match_tolerance",
+        f"must be a fraction in (0, 1), got {m.match_tolerance}.",
+    )
+    _need(t.steps >= 1, "train.steps", f"must be at least 1, got {t.steps}.")
+    _need(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}.")
+    _need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}.")
+    _need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}.")
+    _need(t.warmup >= 0, "train.warmup", f"must be >= 0, got {t.warmup}.")
+    _need(t.threads >= 1, "train.threads", f"must be at least 1, got {t.threads}.")
+    _need(t.val_every >= 1, "train.val_every", f"must be at least 1, got {t.val_every}.")
+    _need(t.val_size >= 1, "train.val_size", f"must be at least 1, got {t.val_size}.")
+    _need(t.log_every >= 1, "train.log_every", f"must be at least 1, got {t.log_every}.")
+    _need(t.ckpt_every >= 0, "train.ckpt_every", f"must be >= 0, got {t.ckpt_every}.")
+    _need(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {t.grad_clip}.")
+    valid_precisions = {"auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true"}
+    _need(
+        t.precision in valid_precisions,
+        "train.precision",
+        f"'{t.precision}' is not one of {sorted(valid_precisions)}.",
+    )
+    _need(e.decode_tokens >= 1, "eval.decode_tokens", f"must be at least 1, got {e.decode_tokens}.")
+    if e.extrapolate is not None:
+        _need(
+            len(e.extrapolate) > 0 and all(int(r) >= 1 for r in e.extrapolate),
+            "eval.extrapolate",
+            f"must be a non-empty list of loop counts >= 1, got {list(e.extrapolate)}.",
+        )
+    _need(
+        isinstance(cfg.task, dict) and isinstance(cfg.task.get("name"), str),
+        "task.name",
+        "every config needs a task name (a registry name such as 'pointer', or an import path "
+        "'package.module:ClassName').",
+    )
+
+
+def _divisors(n: int) -> str:
+    ds = [d for d in range(1, min(n, 16) + 1) if n % d == 0]
+    return ", ".join(map(str, ds))

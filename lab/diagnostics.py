@@ -1,0 +1,114 @@
+"""Evaluation metrics and per-loop diagnostics, computed on evaluation batches only.
+
+For a batch and a traced forward pass (:meth:`lab.model.stack.Stack.trace`):
+
+- readout accuracy / loss after every loop (looped) or layer (single-pass), index i = 1..n;
+- relative update norm  ||h_i - h_{i-1}|| / ||h_{i-1}||  per token, i = 1..n, where h_0 is
+  the state entering the first loop (looped) or the embedding (single-pass); skipped where
+  the width changes between boundaries;
+- cosine between successive updates (h_i - h_{i-1}) and (h_{i-1} - h_{i-2}), i = 2..n;
+  negative means the state oscillates;
+- readout drift KL(p_i || p_{i-1}) between successive readouts, i = 2..n, over labelled
+  positions.
+
+All are means over tokens (update norms and cosines over every position, the rest over
+positions with a target), accumulated exactly over batches.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from lab.model.stack import StackOutput
+from lab.tasks import IGNORE
+
+
+class Accuracy:
+    """Token and sequence accuracy and mean loss over labelled positions."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.correct = self.tokens = self.seq_correct = self.seqs = 0
+        self.loss = 0.0
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        mask = y != IGNORE
+        pred = logits.argmax(-1)
+        hit = (pred == y) & mask
+        self.correct += int(hit.sum())
+        self.tokens += int(mask.sum())
+        has = mask.any(1)
+        self.seq_correct += int(((hit | ~mask).all(1) & has).sum())
+        self.seqs += int(has.sum())
+        self.loss += float(
+            F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
+                            reduction="sum")
+        )
+
+    def compute(self) -> dict[str, float]:
+        return {
+            "acc_token": self.correct / max(self.tokens, 1),
+            "acc_seq": self.seq_correct / max(self.seqs, 1),
+            "loss": self.loss / max(self.tokens, 1),
+        }
+
+
+class Diagnostics:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def _add(self, key: str, total: torch.Tensor, n: int) -> None:
+        self.sums[key] += float(total)
+        self.counts[key] += n
+
+    @torch.no_grad()
+    def update(self, out: StackOutput, y: torch.Tensor) -> None:
+        mask = y != IGNORE
+        n_lab = int(mask.sum())
+        prev_logp = None
+        for i, logits in enumerate(out.readouts, start=1):
+            logits = logits.float()
+            self._add(f"readout_acc/{i}", ((logits.argmax(-1) == y) & mask).sum(), n_lab)
+            self._add(
+                f"readout_loss/{i}",
+                F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE,
+                                reduction="sum"),
+                n_lab,
+            )
+            logp = F.log_softmax(logits, -1)
+            if prev_logp is not None:
+                kl = (logp.exp() * (logp - prev_logp)).sum(-1)  # KL(p_i || p_{i-1}), (B, T)
+                self._add(f"readout_kl/{i}", kl[mask].sum(), n_lab)
+            prev_logp = logp
+        prev_update = None
+        for i in range(1, len(out.states)):
+            a, b = out.states[i - 1].float(), out.states[i].float()
+            if a.shape != b.shape:
+                prev_update = None
+                continue
+            u = b - a  # (B, T, C)
+            n_tok = u.shape[0] * u.shape[1]
+            rel = u.norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)
+            self._add(f"update_norm/{i}", rel.sum(), n_tok)
+            if prev_update is not None and prev_update.shape == u.shape:
+                cos = F.cosine_similarity(u, prev_update, dim=-1, eps=1e-12)
+                self._add(f"update_cos/{i}", cos.sum(), n_tok)
+            prev_update = u
+
+    def compute(self) -> dict[str, float]:
+        return {k: self.sums[k] / max(self.counts[k], 1) for k in sorted(self.sums, key=_order)}
+
+
+def _order(key: str) -> tuple[str, int]:
+    name, _, i = key.partition("/")
+    return name, int(i)

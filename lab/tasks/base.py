@@ -1,0 +1,71 @@
+"""The task protocol every task implements (built-in or user-supplied).
+
+A task is a class with:
+
+- ``name``: a short string; ``Config``: a dataclass of its knobs (checked strictly);
+- ``__init__(self, cfg: Config)``;
+- ``vocab_size``, ``seq_len`` (training length), ``max_seq_len`` (over all splits),
+  ``causal`` (whether a position may only see earlier ones), ``chance`` (per-token accuracy
+  of the best input-independent guess);
+- ``sample(n, generator, split) -> (x, y)``: ``n`` sequences of ``split`` in
+  ``{"train", "val", "ood"}``, generated with vectorised torch ops from ``generator``;
+  ``x`` is ``(n, T) int64``, ``y`` is ``(n, T) int64`` with ``-100`` where there is no target;
+- ``reference(x) -> y``: the same labels computed by a plain, obviously-correct loop over the
+  examples (used by the tests only);
+- ``describe() -> str`` (optional): one line for reports.
+
+``reference`` and ``describe`` are optional for user tasks; :class:`Task` below gives the
+shared pieces, and subclassing it is optional.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+IGNORE = -100
+SPLITS = ("train", "val", "ood")
+
+
+class Task:
+    name: ClassVar[str] = "task"
+    causal: ClassVar[bool] = True
+    Config: ClassVar[type]
+
+    vocab_size: int
+    seq_len: int
+    max_seq_len: int
+    chance: float
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def sample(self, n: int, generator: torch.Generator, split: str = "train"):
+        raise NotImplementedError
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+    def eval_set(self, split: str, n: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+        return eval_set(self, split, n, seed)
+
+
+def eval_set(task, split: str, n: int, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed evaluation set: the same for every model, seed and trial of a study."""
+    g = torch.Generator().manual_seed(seed + 7919 * SPLITS.index(split))
+    return task.sample(n, g, split)
+
+
+def describe(task) -> str:
+    return task.describe() if hasattr(task, "describe") else type(task).__name__
+
+
+def hop_counts(
+    n: int, lo: int, hi: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Per-sequence hop counts, uniform over [lo, hi]."""
+    return torch.randint(lo, hi + 1, (n,), generator=generator)

@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = ROOT / "configs" / "debug.yaml"
+
+torch.set_num_threads(1)
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture
+def debug_cfg(tmp_path):
+    """Load the tiny debug config, with runs written under tmp_path."""
+    from lab.config import load_config
+
+    def make(*overrides: str, files=()):
+        return load_config([DEBUG, *files], [f"out_dir={tmp_path / 'runs'}", *overrides])
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _chdir_tmp(tmp_path, monkeypatch):
+    # Anything a test writes by default (runs/, studies/, reports/) lands in tmp_path.
+    monkeypatch.chdir(tmp_path)
+    yield
