@@ -62,6 +62,28 @@ class ModelConfig:
     # with mean `loops` clipped to loops_range.
     loop_sampling: Literal["fixed", "uniform", "poisson"] = "fixed"
     loops_range: list[int] | None = None
+    # How the loops run (lab.model.parallel): "serial" (loop l+1 of a token after its loop l)
+    # or "parallel" (Parallel Loop Transformer, Wu et al. 2025: loop l+1 of token t reads
+    # loop l of token t-1, so at decode time all loops of a token run in one batched pass).
+    # Causal tasks only.
+    loop_mode: Literal["serial", "parallel"] = "serial"
+    # Parallel mode, each part switchable for ablation:
+    # cross-loop shift: loop l+1 at position t takes loop l's output at t-1 (+ the token's
+    # prelude output); off: loop l's output at t, as in serial mode.
+    plt_shift: bool = True
+    # loops after the first attend to the first loop's keys/values instead of their own.
+    plt_shared_kv: bool = True
+    # gated sliding-window attention: later loops also attend to their own keys/values over
+    # the last plt_window positions, mixed with the global attention by a per-head gate.
+    plt_gswa: bool = True
+    plt_window: int = 16
+    # Adaptive exit at evaluation (serial mode): stop looping per token (causal tasks) or
+    # per sequence once the relative update norm ("update_norm") or the KL divergence between
+    # successive readouts ("kl") falls below exit_threshold, up to exit_max_loops loops
+    # (default: the evaluation loop count). See Stack.adaptive.
+    exit: Literal["none", "update_norm", "kl"] = "none"
+    exit_threshold: float = 0.01
+    exit_max_loops: int | None = None
     # --- width along depth ---------------------------------------------------------------
     width_profile: Literal["uniform", "wide_middle", "narrow_middle", "wide_ends", "explicit"] = (
         "uniform"
@@ -115,6 +137,9 @@ class EvalConfig:
     # Measure cost (throughput, decode latency, KV cache, peak memory) after training.
     cost: bool = True
     decode_tokens: int = 32
+    # Thresholds for the adaptive-exit curve (accuracy vs mean loops used,
+    # lab.model.adaptive.exit_curve) with criterion model.exit; None = no curve.
+    exit_thresholds: list[float] | None = None
 
 
 @dataclass
@@ -307,6 +332,22 @@ def validate(cfg: LabConfig) -> None:
             "model.loops_range",
             "model.loop_sampling=uniform needs model.loops_range=[low, high].",
         )
+    _need(m.plt_window >= 1, "model.plt_window", f"must be at least 1, got {m.plt_window}.")
+    _need(
+        m.exit_threshold >= 0,
+        "model.exit_threshold",
+        f"must be >= 0 (0 = never exit early), got {m.exit_threshold}.",
+    )
+    if m.exit_max_loops is not None:
+        _need(m.exit_max_loops >= 1, "model.exit_max_loops",
+              f"must be at least 1, got {m.exit_max_loops}.")
+    _need(
+        m.exit == "none" or m.loop_mode == "serial",
+        "model.exit",
+        f"'{m.exit}' needs model.loop_mode=serial: in parallel mode a token's later loops run "
+        "before its earlier ones have finished for the next token, so there is no point at "
+        "which a token can stop.",
+    )
     _need(m.width_factor > 0, "model.width_factor", f"must be > 0, got {m.width_factor}.")
     _need(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}.")
     _need(
@@ -332,6 +373,12 @@ def validate(cfg: LabConfig) -> None:
         f"'{t.precision}' is not one of {sorted(valid_precisions)}.",
     )
     _need(e.decode_tokens >= 1, "eval.decode_tokens", f"must be at least 1, got {e.decode_tokens}.")
+    if e.exit_thresholds is not None:
+        _need(
+            len(e.exit_thresholds) > 0 and all(float(v) >= 0 for v in e.exit_thresholds),
+            "eval.exit_thresholds",
+            f"must be a non-empty list of thresholds >= 0, got {list(e.exit_thresholds)}.",
+        )
     if e.extrapolate is not None:
         _need(
             len(e.extrapolate) > 0 and all(int(r) >= 1 for r in e.extrapolate),

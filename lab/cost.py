@@ -14,8 +14,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils import flop_counter
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
@@ -84,8 +84,47 @@ def static_costs(model: Stack, plan: StackPlan, task: Task, loops: int | None = 
 # Measured costs: decode latency and KV cache, peak memory of a training step.
 
 
-def kv_bytes_per_token(plan: StackPlan, loops: int | None = None, element_size: int = 4) -> int:
-    """Serial execution caches keys and values for every executed block: 2 * width each."""
+def kv_cache_bytes(plan: StackPlan, loops: int | None = None, tokens: int = 1,
+                   element_size: int = 4, batch: int = 1) -> int:
+    """Bytes of the decode KV cache after `tokens` positions (keys and values: 2 * width
+    numbers per cached position of a block).
+
+    Serial: every executed block caches every position. Parallel (lab.model.parallel):
+    prelude, coda and the first loop of every core block cache every position; each later
+    loop of a core block caches every position without KV sharing, its last
+    min(window, tokens) positions with sharing and G-SWA, and nothing with sharing alone.
+    """
+    per_pos = 2 * element_size * batch
+    if not (plan.looped and plan.loop_mode == "parallel"):
+        return per_pos * tokens * sum(plan.widths[b] for b in plan.order(loops))
+    r = plan.loops if loops is None else loops
+    spec = plan.parallel
+    full = sum(plan.widths[b] for b in plan.order(1))  # prelude, loop 1, coda
+    core = sum(plan.widths[b] for b in plan.core)
+    if not spec.shared_kv:
+        later = tokens
+    elif spec.gswa:
+        later = min(spec.window, tokens)
+    else:
+        later = 0
+    return per_pos * (full * tokens + (r - 1) * core * later)
+
+
+def kv_bytes_per_token(plan: StackPlan, loops: int | None = None, element_size: int = 4,
+                       tokens: int | None = None) -> float:
+    """KV-cache bytes per cached token.
+
+    Serial execution caches keys and values for every executed block: 2 * width each, per
+    token. In parallel mode the later loops' windows are a fixed cost, amortised over the
+    context: pass `tokens` for the figure after that many positions
+    (kv_cache_bytes / tokens); without it, the limit of a long context (windows excluded).
+    """
+    if tokens is not None:
+        return kv_cache_bytes(plan, loops, tokens, element_size) / tokens
+    if plan.looped and plan.loop_mode == "parallel":
+        r = plan.loops if loops is None else loops
+        later = 0 if plan.parallel.shared_kv else (r - 1) * sum(plan.widths[b] for b in plan.core)
+        return 2 * element_size * (sum(plan.widths[b] for b in plan.order(1)) + later)
     return 2 * element_size * sum(plan.widths[b] for b in plan.order(loops))
 
 
@@ -98,6 +137,11 @@ def latency_costs(model: Stack, task: Task, loops: int | None, n_tokens: int,
     the last `n_tokens` positions of a validation sequence. Bidirectional tasks have no
     decoding; there the latency is one full-sequence pass divided by its length, and the KV
     figure is the keys and values every executed block holds per token during that pass.
+
+    Both loop modes decode through the model's own cache (``new_cache``/``decode_step``): in
+    parallel mode a token's r loops run as one batched pass through the core, and the cache
+    holds the first loop's keys and values plus the later loops' windows, so the measured KV
+    bytes per token are :func:`kv_cache_bytes` / sequence length.
     """
     model.eval()
     x, _ = eval_set(task, "val", 1)

@@ -314,7 +314,8 @@ def check_resume_config(run_dir: Path, cfg: LabConfig) -> None:
         return
     old = flatten(yaml.safe_load(saved.read_text()) or {})
     new = flatten(to_dict(cfg))
-    diff = sorted(k for k in set(old) | set(new) if k != "resume" and old.get(k) != new.get(k))
+    ignore = {"resume", "train.threads", "train.progress"}  # how it runs, not what it computes
+    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
     if diff:
         k = diff[0]
         raise LabError(

@@ -232,8 +232,10 @@ def test_decode_with_kv_cache_matches_forward(fam):
     full = model(x)
     cache = model.new_cache()
     steps = [model.decode_step(x[:, :3], 0, cache)]
-    for t in range(3, x.shape[1]):
+    for t in range(3, x.shape[1] - 4):
         steps.append(model.decode_step(x[:, t:t + 1], t, cache))
+    # A chunk of several tokens after a filled cache: the mask must align bottom-right.
+    steps.append(model.decode_step(x[:, -4:], x.shape[1] - 4, cache))
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
     # The measured cache matches the formula: 2 * width * 4 bytes per executed block per token.
     measured = sum(c.nbytes() for c in cache) / (2 * x.shape[1])

@@ -8,7 +8,10 @@ the forward pass. Block ids index the unique blocks (``*`` = shared weights)::
     looped, band [1, 2], r = 3     0 | 1* 2* 1* 2* 1* 2* | 3
     banded, wide_middle x2         widths 64 128 128 64
 
-A plan is ``prelude + core * r + coda``; a uniform or banded stack is all prelude.
+A plan is ``prelude + core * r + coda``; a uniform or banded stack is all prelude. A looped
+plan runs its loops serially (loop l+1 of a token after its loop l) or in parallel
+(``loop_mode="parallel"``, the Parallel Loop Transformer: see :mod:`lab.model.parallel`);
+the order of blocks, and so the FLOPs, are the same either way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ EMBED = -1  # pseudo block id of the token embedding, for width transitions
 
 
 @dataclass(frozen=True)
+class ParallelSpec:
+    """The switchable parts of parallel looping (see :mod:`lab.model.parallel`)."""
+
+    shift: bool = True  # cross-loop shift: loop l+1 at t reads loop l at t-1
+    shared_kv: bool = True  # later loops attend to the first loop's keys/values
+    gswa: bool = True  # gated sliding-window attention over a later loop's own keys/values
+    window: int = 16
+
+
+@dataclass(frozen=True)
 class StackPlan:
     family: str
     widths: tuple[int, ...]  # residual width of each unique block
@@ -34,6 +47,8 @@ class StackPlan:
     loops: int
     resize: str = "linear"
     injection: str = "none"
+    loop_mode: str = "serial"  # "serial" | "parallel"
+    parallel: ParallelSpec = ParallelSpec()
 
     @property
     def n_blocks(self) -> int:
@@ -49,6 +64,11 @@ class StackPlan:
     @property
     def looped(self) -> bool:
         return bool(self.core)
+
+    @property
+    def gated(self) -> bool:
+        """Whether the core blocks own a G-SWA gate (parallel mode with plt_gswa)."""
+        return self.looped and self.loop_mode == "parallel" and self.parallel.gswa
 
     @property
     def embed_width(self) -> int:
@@ -176,6 +196,15 @@ def _single_pass(cfg: ModelConfig, family: str) -> None:
         raise ConfigError(
             "model.supervision", f"'{cfg.supervision}' needs model.family=looped."
         )
+    if cfg.loop_mode != "serial":
+        raise ConfigError(
+            "model.loop_mode", f"'{cfg.loop_mode}' needs model.family=looped (family '{family}' "
+            "has no loops)."
+        )
+    if cfg.exit != "none":
+        raise ConfigError(
+            "model.exit", f"'{cfg.exit}' (adaptive exit over loops) needs model.family=looped."
+        )
 
 
 def uniform_plan(cfg: ModelConfig) -> StackPlan:
@@ -236,6 +265,13 @@ def looped_plan(cfg: ModelConfig) -> StackPlan:
         loops=cfg.loops,
         resize=cfg.resize,
         injection=cfg.injection,
+        loop_mode=cfg.loop_mode,
+        parallel=ParallelSpec(
+            shift=cfg.plt_shift,
+            shared_kv=cfg.plt_shared_kv,
+            gswa=cfg.plt_gswa,
+            window=cfg.plt_window,
+        ),
     )
 
 
@@ -265,8 +301,15 @@ def block_params(width: int, hidden: int) -> int:
     return 4 * width + 4 * width * width + 2 * width * hidden
 
 
+def gate_params(width: int, n_heads: int) -> int:
+    # G-SWA gate: one weight vector over the head dimension and one bias per head.
+    return width + n_heads
+
+
 def count_params(plan: StackPlan, vocab_size: int, max_len: int) -> int:
     n = sum(block_params(w, h) for w, h in zip(plan.widths, plan.hidden, strict=True))
+    if plan.gated:
+        n += sum(gate_params(plan.widths[b], plan.n_heads) for b in plan.core)
     n += (vocab_size + max_len) * plan.embed_width  # token + position embeddings
     n += 2 * plan.out_width + plan.out_width * vocab_size  # final norm + head
     if plan.resize == "linear":

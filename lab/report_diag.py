@@ -1,0 +1,203 @@
+"""Report figures from the per-loop diagnostics that every trial records.
+
+Each completed trial stores, as user attributes, its final validation diagnostics
+(``diagnostics``: readout accuracy/loss after every loop or layer, relative update norms,
+cosines between successive updates, readout KL) and, for looped models, the test-time
+extrapolation curve (``extrapolation``: accuracy at r' loops on the validation and OOD
+splits). These figures average them over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lab.report import StudyAnalysis
+
+
+def _series(records, key: str) -> dict[int, float]:
+    """Mean over records of diagnostics '<key>/<i>', by index i."""
+    acc: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        for k, v in (r.attrs.get("diagnostics") or {}).items():
+            name, _, i = k.partition("/")
+            if name == key and v is not None and math.isfinite(v):
+                acc[int(i)].append(v)
+    return {i: sum(v) / len(v) for i, v in sorted(acc.items())}
+
+
+def _by_setting(sa: StudyAnalysis, group: str):
+    out = []
+    for s in sa.groups.get(group, []):
+        recs = [r for r in sa.records if r.setting == s.setting and r.group == s.group
+                and r.state == "COMPLETE"]
+        if recs:
+            out.append((s, recs))
+    return out
+
+
+def _looped_group(sa: StudyAnalysis) -> str | None:
+    for g, ss in sa.groups.items():
+        for s in ss:
+            recs = [r for r in sa.records if r.setting == s.setting and r.state == "COMPLETE"]
+            if any(r.attrs.get("extrapolation") for r in recs):
+                return g
+    return None
+
+
+def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
+    from lab.report import _plt
+
+    figs: dict[str, str] = {}
+    g = _looped_group(sa)
+    if g is not None:
+        rows = [(s, recs) for s, recs in _by_setting(sa, g) if s.axis and s.axis > 1]
+        if rows:
+            plt = _plt()
+            fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.7))
+            for j, (s, recs) in enumerate(rows):
+                color = f"C{j}"
+                for ax, key, scale in ((axes[0], "readout_acc", 100), (axes[1], "update_norm", 1),
+                                       (axes[2], "update_cos", 1)):
+                    ser = _series(recs, key)
+                    if ser:
+                        ax.plot(list(ser), [v * scale for v in ser.values()], "-o", ms=3,
+                                color=color, label=f"trained r={int(s.axis)}")
+            axes[0].set_ylabel("readout accuracy (%)")
+            axes[1].set_ylabel("||h_r - h_(r-1)|| / ||h_(r-1)||")
+            axes[1].set_yscale("log")
+            axes[2].set_ylabel("cos(update_r, update_(r-1))")
+            axes[2].axhline(0, color="grey", lw=0.8)
+            for ax in axes:
+                ax.set_xlabel("loop index r")
+            axes[0].legend(fontsize=7)
+            if sa.chance is not None:
+                axes[0].axhline(100 * sa.chance, color="grey", ls=":", lw=1)
+            fig.suptitle("inside the loop (validation set, mean over seeds)", fontsize=10)
+            fig.tight_layout()
+            fig.savefig(out / "why.png")
+            plt.close(fig)
+            figs["why"] = "why.png"
+            figs["why_text"] = _why_text(sa, rows)
+        curves = []
+        for s, recs in _by_setting(sa, g):
+            per_split: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for r in recs:
+                for split, curve in (r.attrs.get("extrapolation") or {}).items():
+                    for k, v in curve.items():
+                        if v is not None:
+                            per_split[split][int(k)].append(v)
+            if per_split:
+                curves.append((s, {sp: {k: sum(v) / len(v) for k, v in sorted(c.items())}
+                                   for sp, c in per_split.items()}))
+        if curves:
+            plt = _plt()
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.7), sharey=True)
+            for j, (s, c) in enumerate(curves):
+                for ax, split in zip(axes, ("val", "ood"), strict=True):
+                    if split in c:
+                        ax.plot(list(c[split]), [100 * v for v in c[split].values()], "-o", ms=3,
+                                color=f"C{j}", label=f"trained r={int(s.axis or 0)}")
+                        if s.axis:
+                            ax.axvline(s.axis, color=f"C{j}", lw=0.6, ls=":")
+            for ax, split in zip(axes, ("validation", "OOD"), strict=True):
+                ax.set_xlabel("loops at test time r'")
+                ax.set_title(split, fontsize=9)
+            axes[0].set_ylabel("accuracy (%)")
+            axes[0].legend(fontsize=7)
+            fig.suptitle("test-time loop extrapolation (mean over seeds; dotted: trained r)",
+                         fontsize=10)
+            fig.tight_layout()
+            fig.savefig(out / "extrapolate.png")
+            plt.close(fig)
+            figs["extrapolate"] = "extrapolate.png"
+            figs["extrapolate_text"] = _extrapolate_text(curves)
+    else:
+        fig = _readout_figure(sa, out)
+        if fig:
+            figs.update(fig)
+    return figs
+
+
+def _why_text(sa: StudyAnalysis, rows) -> str:
+    parts = []
+    for s, recs in rows:
+        acc = _series(recs, "readout_acc")
+        norm = _series(recs, "update_norm")
+        cos = _series(recs, "update_cos")
+        if not acc:
+            continue
+        first_full = next((i for i, v in acc.items() if v >= max(acc.values()) - 0.01), None)
+        bits = [f"trained r={int(s.axis)}: readout accuracy reaches "
+                f"{100 * max(acc.values()):.1f}% at loop {first_full}"]
+        if len(norm) >= 2:
+            bits.append(f"update norm {norm[min(norm)]:.2f} at loop 1 vs "
+                        f"{norm[max(norm)]:.3f} at loop {max(norm)}")
+        if cos:
+            neg = [i for i, v in cos.items() if v < 0]
+            bits.append("updates oscillate (negative cosine) at loops "
+                        + ", ".join(map(str, neg)) if neg else "no oscillation (cosines >= 0)")
+        parts.append("; ".join(bits) + ".")
+    return (
+        "Readout accuracy after each loop (coda, final norm and head applied to the state "
+        "after loop r), the relative update norm of each loop, and the cosine between "
+        "successive updates, on the validation set, averaged over seeds. "
+        + " ".join(parts)
+    )
+
+
+def _extrapolate_text(curves) -> str:
+    parts = []
+    for s, c in curves:
+        val = c.get("val", {})
+        if not val or not s.axis:
+            continue
+        r = int(s.axis)
+        at = val.get(r)
+        beyond = {k: v for k, v in val.items() if k > r}
+        if at is None or not beyond:
+            continue
+        worst_k = min(beyond, key=beyond.get)
+        parts.append(f"r={r}: {100 * at:.1f}% at its own loop count, "
+                     f"{100 * beyond[worst_k]:.1f}% at r'={worst_k}")
+    return ("A model trained at r loops, run for r' loops at test time (validation and OOD "
+            "splits). " + ("; ".join(parts) + "." if parts else ""))
+
+
+def _readout_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
+    """Depth studies: per-layer readout of the deepest model beside the across-model curve."""
+    from lab.report import _plt
+
+    groups = [g for g in sa.groups if sa.ordered(g)]
+    if not groups:
+        return {}
+    g = groups[0]
+    ss = [s for s in sa.groups[g] if s.n]
+    if len(ss) < 2:
+        return {}
+    deepest = max(ss, key=lambda s: s.axis)
+    recs = [r for r in sa.records if r.setting == deepest.setting and r.state == "COMPLETE"]
+    inner = _series(recs, "readout_acc")
+    if not inner:
+        return {}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot([s.axis for s in ss], [100 * s.mean for s in ss], "-o", ms=4,
+            label="across models: L-layer model's accuracy")
+    ax.plot(list(inner), [100 * v for v in inner.values()], "-s", ms=4,
+            label=f"inside the {int(deepest.axis)}-layer model: readout after layer l")
+    if sa.chance is not None:
+        ax.axhline(100 * sa.chance, color="grey", ls=":", lw=1, label="chance")
+    ax.set_xlabel("layers L (across models) / layer l (inside one model)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "readout.png")
+    plt.close(fig)
+    text = ("The per-layer readout (final norm and head applied to the residual stream after "
+            f"each layer, a logit lens) of the {int(deepest.axis)}-layer model, mean over "
+            "seeds, beside the accuracy of models of each depth.")
+    return {"readout": "readout.png", "readout_text": text}
