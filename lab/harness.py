@@ -31,10 +31,17 @@ from lab.config import LabConfig, flatten, to_dict
 from lab.diagnostics import Accuracy, Diagnostics
 from lab.errors import LabError
 from lab.model import StackPlan, build_model, resolve
+from lab.model.adaptive import exit_curve, exit_settings
 from lab.provenance import provenance
 from lab.tasks import IGNORE, Task, eval_set
 
 EVAL_BATCH = 256
+# Thresholds of the adaptive-exit curve recorded for every looped (serial) run; the last
+# one is large enough that every token exits after one loop.
+EXIT_THRESHOLDS = {
+    "update_norm": [0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 1e9],
+    "kl": [0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 1e9],
+}
 
 
 class Diverged(RuntimeError):
@@ -143,6 +150,7 @@ class LabModule(pl.LightningModule):
         self.model = build_model(cfg, task, plan)
         self.eval_loops = cfg.model.eval_loops or cfg.model.loops
         self.acc = {s: Accuracy() for s in ("val", "ood")}
+        self.loops_used = {s: [0, 0] for s in ("val", "ood")}  # adaptive exit: sum, count
         self.diag = Diagnostics()
         self.final: dict[str, float] = {}
         m = cfg.model
@@ -195,6 +203,12 @@ class LabModule(pl.LightningModule):
             logits = out.logits
         else:
             logits = self.model(x, self.eval_loops)
+        if self.cfg.model.exit != "none":
+            criterion, threshold, max_loops = exit_settings(self.cfg)
+            logits, used = self.model.adaptive(x, threshold, max_loops, criterion)
+            mask = y != IGNORE if used.dim() == 2 else torch.ones_like(used, dtype=torch.bool)
+            self.loops_used[split][0] += int(used[mask].sum())
+            self.loops_used[split][1] += int(mask.sum())
         self.acc[split].update(logits, y)
 
     def on_validation_epoch_end(self):
@@ -203,6 +217,10 @@ class LabModule(pl.LightningModule):
             if acc.tokens:
                 metrics.update({f"{split}/{k}": v for k, v in acc.compute().items()})
             acc.reset()
+            total, count = self.loops_used[split]
+            if count:
+                metrics[f"{split}/mean_loops"] = total / count
+            self.loops_used[split] = [0, 0]
         if self.cfg.eval.diagnostics:
             metrics.update({f"diag/{k}": v for k, v in self.diag.compute().items()})
             self.diag.reset()
@@ -264,6 +282,7 @@ class RunResult:
     metrics: dict[str, float] = field(default_factory=dict)
     costs: dict[str, Any] = field(default_factory=dict)
     extrapolation: dict[str, dict[int, float]] = field(default_factory=dict)
+    adaptive: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     reason: str | None = None
     wall_time_s: float = 0.0
     steps: int = 0
@@ -416,6 +435,8 @@ def train(
         if plan.looped:
             result.extrapolation = extrapolate(model, task, data, cfg)
             _log_extrapolation(logger, result.extrapolation)
+            if plan.loop_mode == "serial" and cfg.eval.diagnostics:
+                result.adaptive = adaptive_curves(model, data, cfg)
     _log_hparams(logger, cfg, result, hparams)
     logger.finalize("success" if result.status == "ok" else "failed")
     (run_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
@@ -443,6 +464,21 @@ def extrapolate(model, task: Task, data: TaskData, cfg: LabConfig) -> dict[str, 
         x, y = data.eval_set(split)
         curves[split] = {r: evaluate(model, x, y, r)["acc_token"] for r in extrapolation_loops(cfg)}
     return curves
+
+
+def adaptive_curves(model, data: TaskData, cfg: LabConfig) -> dict[str, list[dict[str, float]]]:
+    """Accuracy vs mean loops used under adaptive exit, for a sweep of thresholds.
+
+    With model.exit set, its criterion over model.exit_thresholds (or the defaults); else both
+    criteria over their default thresholds. Up to the evaluation loop count.
+    """
+    criterion, _, max_loops = exit_settings(cfg)
+    x, y = data.eval_set("val")
+    if criterion != "none":
+        plan = {criterion: cfg.eval.exit_thresholds or EXIT_THRESHOLDS[criterion]}
+    else:
+        plan = EXIT_THRESHOLDS
+    return {c: exit_curve(model, x, y, thr, c, max_loops) for c, thr in plan.items()}
 
 
 def _log_extrapolation(logger: TensorBoardLogger, curves: dict[str, dict[int, float]]) -> None:

@@ -176,6 +176,8 @@ def _short(key: str) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
     return json.dumps(v) if isinstance(v, list | dict) else str(v)
 
 
@@ -549,11 +551,11 @@ def open_storage(url: str, heartbeat: bool = True):
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
     try:
         with _quiet_optuna():
-            return cls(url, engine_kwargs=engine_kwargs, **kwargs)
+            return _create_storage(cls, url, engine_kwargs, kwargs)
     except ImportError as e:
         raise LabError(
             f"storage '{_redact(url)}' needs a database driver that is not installed ({e}). "
-            "For PostgreSQL: pip install psycopg2-binary (or make setup with the postgres extra)."
+            'For PostgreSQL: pip install "psycopg[binary]" (the postgres extra of the lab).'
         ) from None
     except Exception as e:  # sqlalchemy errors: bad URL, unreachable server, bad credentials
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -564,6 +566,29 @@ def open_storage(url: str, heartbeat: bool = True):
         ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _create_storage(cls, url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 6):
+    """Create the storage, retrying when another process creates the same tables right now.
+
+    Several machines starting on a fresh database race to create Optuna's schema; the losers
+    see "already exists" / unique-violation errors, and a second try finds the tables.
+    """
+    import random
+
+    for attempt in range(attempts):
+        try:
+            return cls(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError:
+            raise
+        except Exception as e:
+            text = str(e).lower()
+            racing = any(m in text for m in ("already exists", "duplicate key", "uniqueviolation",
+                                             "database is locked"))
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
@@ -618,11 +643,16 @@ def is_done(trial) -> bool:
     return trial.state == TrialState.FAIL and reason.startswith(FINAL_FAILURES)
 
 
-def _process_start(pid: int) -> str | None:
+def _proc_stat(pid: int) -> list[str] | None:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
 
 
 def worker_identity() -> dict[str, Any]:
@@ -640,7 +670,10 @@ def _alive(ident: dict) -> bool:
         return False
     except PermissionError:
         return True
-    start = _process_start(pid)
+    stat = _proc_stat(pid)
+    if stat and stat[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return False
+    start = stat[19] if stat and len(stat) > 19 else None
     return ident.get("start") is None or start is None or start == ident["start"]
 
 
@@ -839,6 +872,7 @@ def _record(res) -> dict[str, Any]:
         "metrics": clean({k: v for k, v in res.metrics.items() if not k.startswith("diag/")}),
         "diagnostics": clean({k[5:]: v for k, v in res.metrics.items() if k.startswith("diag/")}),
         "extrapolation": clean(res.extrapolation),
+        "adaptive": clean(res.adaptive),
         "plan": res.plan["description"],
     })
     return out
@@ -912,6 +946,11 @@ def _first_difference(a: dict, b: dict) -> str:
 def load_existing_study(abl: Ablation):
     import optuna
 
+    if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
+        raise LabError(
+            f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist. "
+            f"Run it first: lab sweep {abl.path}."
+        )
     storage = open_storage(abl.storage, heartbeat=False)
     try:
         return optuna.load_study(study_name=abl.study, storage=storage)
@@ -947,7 +986,8 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default="runs")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    args.overrides = [*args.overrides, *extra]
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     abl = load_ablation(args.ablation, args.overrides)
@@ -970,8 +1010,10 @@ def worker_main(argv: list[str]) -> int:
     if abl.sampler == "tpe":
         from optuna.study import MaxTrialsCallback
 
-        study.optimize(objective, catch=(TrialFailed,), callbacks=[
-            MaxTrialsCallback(abl.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+        # Workers stop once n_trials are done; concurrent ones may add up to workers - 1 more.
+        if _count_done(study.get_trials(deepcopy=False), abl) < abl.n_trials:
+            study.optimize(objective, catch=(TrialFailed,), callbacks=[
+                MaxTrialsCallback(abl.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
         return 0
     while True:
         reclaim_and_requeue(study, abl)
@@ -1031,16 +1073,20 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
     study = create_or_load_study(abl)
     with file_lock(lock_path_for(abl.storage)):
         reclaim_dead_local_trials(study)
-        done, queued = queue_missing(study, abl) if abl.sampler == "grid" else (0, 0)
+        if abl.sampler == "grid":
+            done, _ = queue_missing(study, abl)
+        else:
+            done = _count_done(study.get_trials(deepcopy=False), abl)
     total = len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials
     n_workers = default_workers(abl, workers)
     if abl.sampler == "grid":
         n_workers = min(n_workers, max(1, total - done))
     threads = max(1, (os.cpu_count() or 1) // n_workers)
+    shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
+             else f"sampled by {abl.sampler}")
     console.print(
-        f"[bold]{abl.study}[/bold]: {total} trials ({len(abl.settings()) or '-'} settings x "
-        f"{len(abl.seeds)} seeds), {done} already done; {n_workers} worker(s) x {threads} "
-        f"thread(s); storage {_redact(abl.storage)}"
+        f"[bold]{abl.study}[/bold]: {total} trials ({shape}), {done} already done; "
+        f"{n_workers} worker(s) x {threads} thread(s); storage {_redact(abl.storage)}"
     )
     remaining = total - done
     if remaining > 0:
@@ -1085,6 +1131,14 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
             )
             return 130
         console.print(f"sweep finished in {time.time() - t0:.0f}s")
+        missing = total - _count_done(study.get_trials(deepcopy=False), abl)
+        if missing > 0:
+            console.print(
+                f"[red]{missing} of {total} trials did not complete: the workers stopped "
+                f"(see the messages above). Run the same command again to resume.[/red]"
+            )
+            if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+                return 1
     from lab.report import print_results, write_report
 
     print_results(abl)
@@ -1117,7 +1171,7 @@ def _has_work(study) -> bool:
 
 def _count_done(trials, abl: Ablation) -> int:
     if abl.sampler != "grid":
-        return sum(1 for t in trials if t.state.is_finished() and not t.user_attrs.get("lab.spurious"))
+        return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
     wanted = {pair_key(pair_params(s, seed)) for s, seed in abl.pairs()}
     return len({trial_pair(t) for t in trials if is_done(t)} & wanted)
 

@@ -127,3 +127,21 @@ def test_every_loop_supervision_averages_readout_losses(debug_cfg):
     expect = sum(F.cross_entropy(r.flatten(0, 1), y.flatten(), ignore_index=-100)
                  for r in out.readouts) / 3
     assert math.isclose(float(m.loss(x, y, 3).detach()), float(expect.detach()), rel_tol=1e-6)
+
+
+def test_looped_runs_record_adaptive_exit_curves(debug_cfg):
+    res = train(debug_cfg("name=ad", "model.family=looped", "model.n_layers=1", "model.loops=3"))
+    assert set(res.adaptive) == {"update_norm", "kl"}
+    for rows in res.adaptive.values():
+        loops = [r["mean_loops"] for r in rows]
+        assert loops[0] == 3 and loops[-1] == 1  # threshold 0 runs all loops, a huge one runs 1
+        assert all(0 <= r["acc_token"] <= 1 for r in rows)
+    # The curve at threshold 0 is the model at its trained loop count.
+    assert rows[0]["acc_token"] == pytest.approx(res.extrapolation["val"][3])
+
+
+def test_adaptive_exit_in_validation_logs_mean_loops(debug_cfg):
+    res = train(debug_cfg("name=ad2", "model.family=looped", "model.n_layers=1", "model.loops=3",
+                          "model.exit=update_norm", "model.exit_threshold=1e9"))
+    assert res.metrics["val/mean_loops"] == 1.0
+    assert list(res.adaptive) == ["update_norm"]
