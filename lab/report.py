@@ -254,34 +254,47 @@ def _plt():
     return plt
 
 
+MARKERS = ("o", "s", "^", "D", "v")
+
+
+def _integer_axis(ax, values) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if all(float(v).is_integer() for v in values):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def fig_axis(sa: StudyAnalysis, path: Path) -> bool:
     groups = [g for g in sa.groups if sa.ordered(g)]
     if not groups:
         return fig_categories(sa, path)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    span = max(s.axis for g in groups for s in sa.groups[g]) - min(
+        s.axis for g in groups for s in sa.groups[g])
     for i, g in enumerate(groups):
-        ss = sa.groups[g]
-        color = f"C{i}"
-        xs = [s.axis for s in ss if s.n]
-        for s in ss:
-            ax.scatter([s.axis] * len(s.values), [v * sa.scale for v in s.values], s=14,
-                       color=color, alpha=0.45, linewidths=0)
-        means = [s.mean * sa.scale for s in ss if s.n]
-        ax.plot(xs, means, "-o", color=color, label=g or "mean", ms=4)
-        lo = [s.ci_low * sa.scale if math.isfinite(s.ci_low) else s.mean * sa.scale
-              for s in ss if s.n]
-        hi = [s.ci_high * sa.scale if math.isfinite(s.ci_high) else s.mean * sa.scale
-              for s in ss if s.n]
-        ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
+        ss = [s for s in sa.groups[g] if s.n]
+        color, marker = f"C{i}", MARKERS[i % len(MARKERS)]
+        # Arms share the axis; a small offset keeps identical results visible side by side.
+        dx = (i - (len(groups) - 1) / 2) * 0.015 * (span or 1)
+        xs = [s.axis + dx for s in ss]
+        for s, x in zip(ss, xs, strict=True):
+            ax.scatter([x] * len(s.values), [v * sa.scale for v in s.values], s=14,
+                       color=color, alpha=0.45, linewidths=0, marker=marker)
+        ax.plot(xs, [s.mean * sa.scale for s in ss], "-", marker=marker, color=color,
+                label=g or "mean", ms=5, ls="-" if i == 0 else "--")
+        lo = [s.ci_low * sa.scale if math.isfinite(s.ci_low) else s.mean * sa.scale for s in ss]
+        hi = [s.ci_high * sa.scale if math.isfinite(s.ci_high) else s.mean * sa.scale for s in ss]
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.12, linewidth=0)
     if sa.chance is not None:
         ax.axhline(sa.chance * sa.scale, color="grey", ls=":", lw=1, label="chance")
+    _integer_axis(ax, [s.axis for g in groups for s in sa.groups[g]])
     keys = [axis_key(sa.meta, g) or "" for g in groups]
     ax.set_xlabel(" / ".join(dict.fromkeys(f"{k} ({g})" if len(groups) > 1 else k
                                            for k, g in zip(keys, groups, strict=True))))
     ax.set_ylabel(_obj_label(sa))
-    ax.set_title(f"{sa.abl.study}: objective vs swept axis ({int(sa.confidence * 100)}% CI band)",
-                 fontsize=10)
+    ax.set_title(f"{sa.abl.study}: mean over seeds (dots: seeds; band: "
+                 f"{int(sa.confidence * 100)}% CI)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -577,7 +590,7 @@ def cost_section(sa: StudyAnalysis, figures: dict[str, str]) -> list[str]:
             lines.append(
                 f"- by {label}: the cheapest setting within the best setting's "
                 f"({best}) confidence interval is **{cheap}**; Pareto-optimal: "
-                f"{', '.join(front)}.")
+                f"{'; '.join(front)}.")
     lines.append("")
     return lines
 

@@ -73,6 +73,7 @@ def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
             axes[2].axhline(0, color="grey", lw=0.8)
             for ax in axes:
                 ax.set_xlabel("loop index r")
+                ax.xaxis.get_major_locator().set_params(integer=True)
             axes[0].legend(fontsize=7)
             if sa.chance is not None:
                 axes[0].axhline(100 * sa.chance, color="grey", ls=":", lw=1)
@@ -105,6 +106,7 @@ def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
                             ax.axvline(s.axis, color=f"C{j}", lw=0.6, ls=":")
             for ax, split in zip(axes, ("validation", "OOD"), strict=True):
                 ax.set_xlabel("loops at test time r'")
+                ax.xaxis.get_major_locator().set_params(integer=True)
                 ax.set_title(split, fontsize=9)
             axes[0].set_ylabel("accuracy (%)")
             axes[0].legend(fontsize=7)
@@ -138,8 +140,9 @@ def _why_text(sa: StudyAnalysis, rows) -> str:
                         f"{norm[max(norm)]:.3f} at loop {max(norm)}")
         if cos:
             neg = [i for i, v in cos.items() if v < 0]
-            bits.append("updates oscillate (negative cosine) at loops "
-                        + ", ".join(map(str, neg)) if neg else "no oscillation (cosines >= 0)")
+            bits.append(("updates oscillate (negative cosine) at loop"
+                         + ("s " if len(neg) > 1 else " ") + ", ".join(map(str, neg)))
+                        if neg else "no oscillation (cosines >= 0)")
         parts.append("; ".join(bits) + ".")
     return (
         "Readout accuracy after each loop (coda, final norm and head applied to the state "
