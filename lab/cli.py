@@ -13,7 +13,7 @@ from rich.table import Table
 from lab.errors import LabError
 
 console = Console(stderr=True, soft_wrap=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fmt_int(n) -> str:

@@ -193,22 +193,27 @@ def _translate(err: OmegaConfBaseException, schema: DictConfig, source: str) -> 
     return ConfigError(key, f"{str(err).splitlines()[0]}{where}")
 
 
-def _load_yaml(path: str | os.PathLike) -> DictConfig:
+def read_yaml_mapping(path: str | os.PathLike, kind: str = "config file") -> dict:
+    """A YAML file holding a mapping; a missing file or bad YAML is a LabError naming it."""
     p = Path(path)
     if not p.is_file():
-        raise LabError(f"config file '{path}' does not exist (looked at {p.resolve()}).")
+        raise LabError(f"{kind} '{path}' does not exist (looked at {p.resolve()}).")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LabError(f"config file '{path}' is not valid YAML{where}: {problem}.") from None
+        raise LabError(f"{kind} '{path}' is not valid YAML{where}: {problem}.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise LabError(f"config file '{path}' must hold a mapping of keys, not {type(data).__name__}.")
-    return OmegaConf.create(data)
+        raise LabError(f"{kind} '{path}' must hold a mapping of keys, not {type(data).__name__}.")
+    return data
+
+
+def _load_yaml(path: str | os.PathLike) -> DictConfig:
+    return OmegaConf.create(read_yaml_mapping(path))
 
 
 def parse_overrides(overrides: list[str]) -> DictConfig:

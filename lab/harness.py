@@ -244,6 +244,10 @@ class Throughput(Callback):
         self.steps = 0
         self.total_time = 0.0
         self.total_steps = 0
+        self.start_step = 0
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = trainer.global_step  # > 0 when resumed from a checkpoint
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.t0 is None:
@@ -286,6 +290,7 @@ class RunResult:
     reason: str | None = None
     wall_time_s: float = 0.0
     steps: int = 0
+    resumed_from_step: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
 
@@ -420,6 +425,8 @@ def train(
         result.status, result.reason = "diverged", str(e)
     result.wall_time_s = time.perf_counter() - t0
     result.steps = trainer.global_step
+    if resume_from:
+        result.resumed_from_step = throughput.start_step
     if result.status == "ok":
         if trainer.global_step % t.val_every or not module.final:
             trainer.validate(module, datamodule=data, verbose=False)

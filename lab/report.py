@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -210,11 +211,60 @@ class StudyAnalysis:
                 if o is None or not s.n:
                     continue
                 diff, lo, hi = an.diff_ci(o.values, s.values, self.confidence)
-                rows.append({"setting": s.setting, "other": o.setting,
+                rows.append({"setting": s.setting, "other": o.setting, "group": g0,
+                             "other_group": other, "name": axis_namer(axis_key(self.meta, g0))(s),
                              "depth": s.costs.get("effective_depth"), "diff": diff, "low": lo,
                              "high": hi, "params": s.costs.get("params"),
-                             "other_params": o.costs.get("params")})
+                             "other_params": o.costs.get("params"),
+                             "latency_ratio": _ratio(s.costs, o.costs, "latency_s_per_token"),
+                             "kv_ratio": _ratio(s.costs, o.costs, "kv_bytes_per_token")})
         return rows
+
+    def arm_sentence(self) -> str | None:
+        """One sentence comparing the primary arm with the other at equal effective depth."""
+        rows = self.matched_depth()
+        if not rows:
+            return None
+        conf = int(self.confidence * 100)
+        g0, g1 = rows[0]["group"], rows[0]["other_group"]
+        fin = [r for r in rows if math.isfinite(r["high"])]
+        better = [r for r in fin if r["low"] > 0]
+        same = [r for r in fin if r["low"] <= 0 <= r["high"]]
+        worse = [r for r in fin if r["high"] < 0]
+        unknown = [r for r in rows if not math.isfinite(r["high"])]
+        ok = better + same
+
+        def gap(rs, pick):
+            w = pick(rs, key=lambda r: r["diff"])
+            at = f" at {w['name']}" if len(rs) > 1 else ""
+            return (f"{w['diff'] * self.scale:+.1f} {self.unit}{at}, CI "
+                    f"{w['low'] * self.scale:+.1f} to {w['high'] * self.scale:+.1f}")
+
+        parts = []
+        if better:
+            parts.append(f"{g0} is significantly better than {g1} at "
+                         + ", ".join(r["name"] for r in better)
+                         + f" ({'up to ' if len(better) > 1 else ''}{gap(better, max)})")
+        if same:
+            parts.append(("and " if better else f"{g0} ") + f"keeps the accuracy of {g1} within "
+                         f"the {conf}% CI at " + ", ".join(r["name"] for r in same))
+        if worse:
+            parts.append(f"{'and ' if ok else g0 + ' '}is significantly worse at "
+                         + ", ".join(r["name"] for r in worse) + f" (largest gap {gap(worse, min)})")
+        if unknown and not (ok or worse):
+            return None
+        last = rows[-1]
+        costs = []
+        if last["latency_ratio"] is not None:
+            costs.append(f"{last['latency_ratio']:.2f}x the latency per token")
+        if last["kv_ratio"] is not None:
+            costs.append(f"{last['kv_ratio']:.2f}x the KV bytes per token")
+        if last["params"] and last["other_params"]:
+            costs.append(f"{last['params'] / last['other_params']:.2f}x the unique parameters")
+        sentence = " ".join(parts)
+        if costs:
+            sentence += f"; at {last['name']} it needs " + ", ".join(costs) + f" of {g1}"
+        return sentence + "."
 
     def summary(self) -> dict:
         return {
@@ -231,8 +281,14 @@ class StudyAnalysis:
                 for s in self.stats
             ],
             "verdicts": {g: v.sentence for g, v in self.verdicts()},
+            "arms": self.arm_sentence(),
             "notes": self.notes,
         }
+
+
+def _ratio(a: dict, b: dict, key: str) -> float | None:
+    x, y = a.get(key), b.get(key)
+    return x / y if x is not None and y else None
 
 
 def _j(x: float) -> float | None:
@@ -281,10 +337,12 @@ def fig_axis(sa: StudyAnalysis, path: Path) -> bool:
         for s, x in zip(ss, xs, strict=True):
             ax.scatter([x] * len(s.values), [v * sa.scale for v in s.values], s=14,
                        color=color, alpha=0.45, linewidths=0, marker=marker)
-        ax.plot(xs, [s.mean * sa.scale for s in ss], "-", marker=marker, color=color,
+        ax.plot(xs, [s.mean * sa.scale for s in ss], marker=marker, color=color,
                 label=g or "mean", ms=5, ls="-" if i == 0 else "--")
         lo = [s.ci_low * sa.scale if math.isfinite(s.ci_low) else s.mean * sa.scale for s in ss]
         hi = [s.ci_high * sa.scale if math.isfinite(s.ci_high) else s.mean * sa.scale for s in ss]
+        if "acc" in sa.objective:  # an accuracy lies in [0, 100]: clip the drawn band
+            lo, hi = [max(v, 0.0) for v in lo], [min(v, sa.scale) for v in hi]
         ax.fill_between(xs, lo, hi, color=color, alpha=0.12, linewidth=0)
     if sa.chance is not None:
         ax.axhline(sa.chance * sa.scale, color="grey", ls=":", lw=1, label="chance")
@@ -294,7 +352,8 @@ def fig_axis(sa: StudyAnalysis, path: Path) -> bool:
                                            for k, g in zip(keys, groups, strict=True))))
     ax.set_ylabel(_obj_label(sa))
     ax.set_title(f"{sa.abl.study}: mean over seeds (dots: seeds; band: "
-                 f"{int(sa.confidence * 100)}% CI)", fontsize=10)
+                 f"{int(sa.confidence * 100)}% CI" + (", clipped to [0, 100]" if "acc" in sa.objective
+                                                      else "") + ")", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -377,6 +436,10 @@ def _table(headers: list[str], rows: list[list[str]], align: str | None = None) 
     return "\n".join(lines)
 
 
+def _label(s: an.SettingStats) -> str:
+    return f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(s.group) else s.setting
+
+
 def results_table(sa: StudyAnalysis) -> str:
     headers = ["setting", "unique params", "eff. depth", "FLOPs/token", "latency/token",
                "KV bytes/token", f"{sa.objective} mean ± {int(sa.confidence * 100)}% CI",
@@ -385,7 +448,7 @@ def results_table(sa: StudyAnalysis) -> str:
     for s in sa.stats:
         c = s.costs
         rows.append([
-            f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(s.group) else s.setting,
+            _label(s),
             fmt_num(c.get("params")), fmt_num(c.get("effective_depth")),
             fmt_num(c.get("flops_per_token")), fmt_time(c.get("latency_s_per_token")),
             fmt_bytes(c.get("kv_bytes_per_token")), fmt_ci(s, sa.objective),
@@ -442,7 +505,13 @@ def write_markdown(sa: StudyAnalysis, out_dir: Path, figures: dict[str, str]) ->
     verdicts = sa.verdicts()
     lines = [f"# {abl.study}: {meta.get('question') or abl.question or 'ablation report'}", ""]
     if verdicts:
-        lines += [f"**Verdict.** {verdicts[0][1].sentence}", ""]
+        lead = verdicts[0][1].sentence
+        arms = sa.arm_sentence()
+        if arms:
+            arms = arms[0].upper() + arms[1:]
+            as_lead = (sa.meta.get("analysis") or {}).get("verdict") == "arms"
+            lead = f"{arms} {lead}" if as_lead else f"{lead} {arms}"
+        lines += [f"**Verdict.** {lead}", ""]
     lines += [f"_Generated by `lab report {meta.get('file', abl.path)}` on "
               f"{time.strftime('%Y-%m-%d %H:%M')} from the study storage "
               f"`{_redact_url(abl.storage)}`._", ""]
@@ -496,9 +565,15 @@ def write_markdown(sa: StudyAnalysis, out_dir: Path, figures: dict[str, str]) ->
                   f"(difference = {g0} minus other, {sa.unit or 'objective units'}):", ""]
         rows = [[r["setting"], r["other"], fmt_num(r["depth"]),
                  f"{fmt_num(r['params'])} vs {fmt_num(r['other_params'])}",
-                 _fmt_diff(r["diff"], r["low"], r["high"], sa.scale)] for r in md]
+                 _fmt_diff(r["diff"], r["low"], r["high"], sa.scale),
+                 "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}x",
+                 "-" if r["kv_ratio"] is None else f"{r['kv_ratio']:.2f}x"] for r in md]
         lines.append(_table(["setting", "compared with", "eff. depth", "unique params",
-                             f"difference ({int(sa.confidence * 100)}% CI)"], rows, "llrrr"))
+                             f"difference ({int(sa.confidence * 100)}% CI)", "latency ratio",
+                             "KV ratio"], rows, "llrrrrr"))
+        sentence = sa.arm_sentence()
+        if sentence:
+            lines += ["", sentence]
     extra = _second_opinions(sa)
     if extra:
         lines += [""] + extra
@@ -581,6 +656,16 @@ def cost_section(sa: StudyAnalysis, figures: dict[str, str]) -> list[str]:
               "block keeps keys and values, so serial looping pays for every loop.")
         lines.append("")
     ss = [s for s in sa.stats if s.n]
+    rows = [[_label(s), fmt_num(s.costs.get("train_flops_per_token")),
+             fmt_num(s.costs.get("train_tokens_per_s")),
+             fmt_bytes(s.costs.get("train_step_peak_bytes")),
+             fmt_time(s.costs.get("latency_s_per_token")), fmt_bytes(s.costs.get("kv_bytes_per_token")),
+             fmt_time(s.costs.get("wall_time_s"))] for s in ss]
+    lines += [_table(["setting", "train FLOPs/token", "train tokens/s", "train-step peak memory",
+                      "latency/token", "KV bytes/token", "train wall time"], rows), "",
+              "Means over completed seeds. Training throughput is measured during training "
+              "(validation excluded); peak memory is the largest live tensor storage during one "
+              "steady-state training step (forward, backward, AdamW update).", ""]
     for key, label in (("flops_per_token", "FLOPs/token"), ("latency_s_per_token", "latency"),
                        ("kv_bytes_per_token", "KV bytes")):
         pick = an.cheapest_within_best(ss, key, sa.direction)
@@ -604,6 +689,9 @@ def why_section(sa: StudyAnalysis, figures: dict[str, str]) -> list[str]:
     if "extrapolate" in figures:
         lines += [figures.get("extrapolate_text", ""), "",
                   f"![test-time loop extrapolation]({figures['extrapolate']})", ""]
+    if "adaptive" in figures:
+        lines += ["### Adaptive exit", "", figures.get("adaptive_text", ""), "",
+                  f"![adaptive exit]({figures['adaptive']})", ""]
     if "readout" in figures:
         lines += ["## Inside the deepest model", "", figures.get("readout_text", ""), "",
                   f"![per-layer readout]({figures['readout']})", ""]
@@ -671,8 +759,7 @@ def print_results(abl: Ablation) -> None:
         table.add_column(col, justify="left" if col == "setting" else "right")
     for s in sa.stats:
         c = s.costs
-        table.add_row(f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(s.group)
-                      else s.setting, f"{s.n}", fmt_ci(s, sa.objective), fmt_num(c.get("params")),
+        table.add_row(_label(s), f"{s.n}", fmt_ci(s, sa.objective), fmt_num(c.get("params")),
                       fmt_num(c.get("effective_depth")), fmt_num(c.get("flops_per_token")),
                       fmt_time(c.get("latency_s_per_token")), fmt_bytes(c.get("kv_bytes_per_token")))
-    Console(soft_wrap=True).print(table)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)

@@ -117,11 +117,76 @@ def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
             plt.close(fig)
             figs["extrapolate"] = "extrapolate.png"
             figs["extrapolate_text"] = _extrapolate_text(curves)
+        figs.update(_adaptive_figure(sa, out))
     else:
         fig = _readout_figure(sa, out)
         if fig:
             figs.update(fig)
     return figs
+
+
+def _adaptive_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
+    """Adaptive exit: accuracy vs mean loops used, beside the fixed loop-count curve.
+
+    Uses the serial looped setting with the most loops that recorded adaptive-exit curves;
+    rows are averaged over seeds threshold by threshold.
+    """
+    from lab.report import _plt
+
+    cands = []
+    for g in sa.groups:
+        for s, recs in _by_setting(sa, g):
+            recs = [r for r in recs if r.attrs.get("adaptive")]
+            if recs and s.axis:
+                cands.append((s, recs))
+    if not cands:
+        return {}
+    s, recs = max(cands, key=lambda c: c[0].axis)
+    r = int(s.axis)
+    curves: dict[str, list[tuple[float, float, float]]] = {}
+    for crit in recs[0].attrs["adaptive"]:
+        rows = [rec.attrs["adaptive"][crit] for rec in recs if crit in rec.attrs["adaptive"]]
+        n = min(len(x) for x in rows)
+        curves[crit] = [(rows[0][i]["threshold"],
+                         sum(x[i]["mean_loops"] for x in rows) / len(rows),
+                         sum(x[i]["acc_token"] for x in rows) / len(rows)) for i in range(n)]
+    fixed: dict[int, list[float]] = defaultdict(list)
+    for rec in recs:
+        for k, v in ((rec.attrs.get("extrapolation") or {}).get("val") or {}).items():
+            if int(k) <= r and v is not None:
+                fixed[int(k)].append(v)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    if fixed:
+        ks = sorted(fixed)
+        ax.plot(ks, [100 * sum(fixed[k]) / len(fixed[k]) for k in ks], "-o", color="k", ms=4,
+                label="fixed loop count r'")
+    for j, (crit, rows) in enumerate(curves.items()):
+        ax.plot([x[1] for x in rows], [100 * x[2] for x in rows], "--s", ms=4, color=f"C{j}",
+                label=f"adaptive exit: {crit}")
+    ax.set_xlabel("mean loops used")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{s.setting}: adaptive exit vs fixed loop counts (mean over seeds)",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "adaptive.png")
+    plt.close(fig)
+    full = sum(fixed[r]) / len(fixed[r]) if fixed.get(r) else None
+    bits = []
+    for crit, rows in curves.items():
+        if full is None:
+            continue
+        good = [x for x in rows if x[2] >= full - 0.01]
+        if good:
+            t, loops, acc = min(good, key=lambda x: x[1])
+            bits.append(f"with `{crit}` at threshold {t:g} it keeps {100 * acc:.1f}% "
+                        f"(fixed r={r}: {100 * full:.1f}%) using {loops:.2f} loops on average")
+    text = (f"Adaptive exit on the model trained at r={r} (serial): every token (causal tasks) or "
+            "sequence stops looping once its update norm or readout KL falls below a "
+            "threshold, up to r loops; one point per threshold. "
+            + (("; ".join(bits) + ".")[0].upper() + ("; ".join(bits) + ".")[1:] if bits else ""))
+    return {"adaptive": "adaptive.png", "adaptive_text": text}
 
 
 def _why_text(sa: StudyAnalysis, rows) -> str:

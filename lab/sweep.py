@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import LabConfig, flatten, load_config, parse_overrides, to_dict
+from lab.config import LabConfig, flatten, load_config, parse_overrides, read_yaml_mapping, to_dict
 from lab.errors import LabError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -308,15 +308,7 @@ def find_ablation(name_or_path: str) -> Path:
 
 def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablation:
     path = find_ablation(str(path))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LabError(f"ablation file '{path}' is not valid YAML{where}: {problem}.") from None
-    if not isinstance(raw, dict):
-        raise LabError(f"ablation file '{path}' must hold a mapping (name, base, space, seeds, ...).")
+    raw = read_yaml_mapping(path, "ablation file")
     unknown = sorted(set(raw) - ABLATION_KEYS)
     if unknown:
         raise LabError(
@@ -868,6 +860,7 @@ def _record(res) -> dict[str, Any]:
     out.update({
         "wall_time_s": res.wall_time_s,
         "steps": res.steps,
+        "resumed_from_step": res.resumed_from_step,
         "run_dir": res.run_dir,
         "metrics": clean({k: v for k, v in res.metrics.items() if not k.startswith("diag/")}),
         "diagnostics": clean({k[5:]: v for k, v in res.metrics.items() if k.startswith("diag/")}),

@@ -108,3 +108,23 @@ def test_check_builds_every_config(capsys):
 def test_errors_are_lab_errors():
     assert issubclass(ConfigError, LabError)
     assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+ABLATIONS = sorted((ROOT / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
+def test_every_ablation_loads_and_every_setting_builds(path):
+    import torch
+
+    from lab.model import build_model, resolve
+    from lab.sweep import load_ablation
+    from lab.tasks import eval_set
+
+    abl = load_ablation(path)
+    assert abl.settings() and abl.seeds
+    for _, cfg in abl.setting_configs():
+        cfg, task, plan = resolve(cfg)
+        model = build_model(cfg, task, plan)
+        x, _ = eval_set(task, "val", 1)
+        assert torch.isfinite(model(x)).all()

@@ -69,6 +69,7 @@ def test_resume_continues_exactly(debug_cfg):
     assert part.steps == 10
     resumed = train(debug_cfg("name=part", "train.steps=30", "resume=true"))
     assert resumed.run_dir == part.run_dir and resumed.steps == 30
+    assert resumed.resumed_from_step == 10 and full.resumed_from_step is None
     assert resumed.metrics == full.metrics
 
 

@@ -128,8 +128,10 @@ def test_sigkilled_worker_trial_is_rerun_once():
     proc = start_sweep("--workers", "2", "train.steps=400", "study=tiny")
 
     def running_pid():
+        # A running trial that has written its first checkpoint: kill it mid-trial.
         for t in load().trials:
-            if t.state == TrialState.RUNNING and "lab.worker" in t.user_attrs:
+            if t.state == TrialState.RUNNING and "lab.worker" in t.user_attrs and list(
+                    Path("runs/tiny").glob(f"{t.number:04d}-*/checkpoints/last.ckpt")):
                 return t.user_attrs["lab.worker"]["pid"]
         return None
 
@@ -152,6 +154,7 @@ def test_sigkilled_worker_trial_is_rerun_once():
              and t.user_attrs.get("lab.pair") == killed.user_attrs["lab.pair"]]
     assert len(retry) == 1 and retry[0].number > killed.number
     assert Path(retry[0].user_attrs["run_dir"]).name.startswith(f"{killed.number:04d}-")
+    assert retry[0].user_attrs["resumed_from_step"] > 0  # resumed from its checkpoint
 
 
 def test_three_workers_cover_the_grid_exactly_once():

@@ -207,42 +207,34 @@ def _single_pass(cfg: ModelConfig, family: str) -> None:
         )
 
 
+def _single_pass_plan(cfg: ModelConfig, family: str) -> StackPlan:
+    _single_pass(cfg, family)
+    widths = profile_widths(cfg)
+    return StackPlan(
+        family=family,
+        widths=widths,
+        hidden=_hidden(widths, cfg.mlp_ratio),
+        n_heads=cfg.n_heads,
+        prelude=tuple(range(cfg.n_layers)),
+        core=(),
+        coda=(),
+        loops=1,
+        resize=cfg.resize,
+    )
+
+
 def uniform_plan(cfg: ModelConfig) -> StackPlan:
-    _single_pass(cfg, "uniform")
     if cfg.width_profile != "uniform":
         raise ConfigError(
             "model.width_profile",
             f"is '{cfg.width_profile}', but family 'uniform' has one width; "
             "use model.family=banded (or looped) for a width profile.",
         )
-    widths = profile_widths(cfg)
-    return StackPlan(
-        family="uniform",
-        widths=widths,
-        hidden=_hidden(widths, cfg.mlp_ratio),
-        n_heads=cfg.n_heads,
-        prelude=tuple(range(cfg.n_layers)),
-        core=(),
-        coda=(),
-        loops=1,
-        resize=cfg.resize,
-    )
+    return _single_pass_plan(cfg, "uniform")
 
 
 def banded_plan(cfg: ModelConfig) -> StackPlan:
-    _single_pass(cfg, "banded")
-    widths = profile_widths(cfg)
-    return StackPlan(
-        family="banded",
-        widths=widths,
-        hidden=_hidden(widths, cfg.mlp_ratio),
-        n_heads=cfg.n_heads,
-        prelude=tuple(range(cfg.n_layers)),
-        core=(),
-        coda=(),
-        loops=1,
-        resize=cfg.resize,
-    )
+    return _single_pass_plan(cfg, "banded")
 
 
 def looped_plan(cfg: ModelConfig) -> StackPlan:

@@ -239,14 +239,22 @@ class Stack(nn.Module):
                         h = h + self._move(e, e_src, plan.core[0])
                 prev = plan.core[0]
                 h, prev = self._run(h, prev, plan.core)
-                if keep:
-                    out.states.append(h)
-                    out.readouts.append(self._readout_loop(h, prev))
-                    out.grad.append(i >= free)
+                self._record_loop(out, h, prev, keep, i >= free)
+        return self._finish(out, h, prev, keep)
+
+    def _record_loop(self, out: StackOutput, h: torch.Tensor, prev: int, keep: bool,
+                     grad: bool) -> None:
+        if keep:
+            out.states.append(h)
+            out.readouts.append(self._readout_loop(h, prev))
+            out.grad.append(grad)
+
+    def _finish(self, out: StackOutput, h: torch.Tensor, prev: int, keep: bool) -> StackOutput:
+        """Logits after the last loop: the last readout, or the coda, norm and head."""
         if keep:
             out.logits = out.readouts[-1]
         else:
-            h, prev = self._run(h, prev, plan.coda)
+            h, _ = self._run(h, prev, self.plan.coda)
             out.logits = self._head(h)
         return out
 
@@ -279,16 +287,8 @@ class Stack(nn.Module):
                     h = self._move(h, prev, b)
                     h = self.blocks[b](h, attend=self._train_attend(b, i, first))
                     prev = b
-                if keep:
-                    out.states.append(h)
-                    out.readouts.append(self._readout_loop(h, prev))
-                    out.grad.append(i >= free)
-        if keep:
-            out.logits = out.readouts[-1]
-        else:
-            h, prev = self._run(h, core1, plan.coda)
-            out.logits = self._head(h)
-        return out
+                self._record_loop(out, h, prev, keep, i >= free)
+        return self._finish(out, h, core1, keep)
 
     def _train_attend(self, b: int, i: int, first: dict) -> Attend:
         block, spec = self.blocks[b], self.plan.parallel
