@@ -189,9 +189,10 @@ class PlainLoop:
         return (time.perf_counter() - t0) / n
 
     def run_phases(self, n: int) -> dict[str, float]:
-        """Seconds per step of each phase over n steps (and their total)."""
+        """Seconds per step of each phase over n steps, and in all (total)."""
         acc = dict.fromkeys(PHASES, 0.0)
         clock = time.perf_counter
+        start = clock()
         for _ in range(n):
             t0 = clock()
             x, y = self.batch()
@@ -211,13 +212,8 @@ class PlainLoop:
             for k, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 acc[k] += dt
         out = {k: v / n for k, v in acc.items()}
-        out["total"] = sum(out.values())
+        out["total"] = (clock() - start) / n
         return out
-
-
-def phase_summary(loop: PlainLoop, n: int, reps: int) -> dict[str, dict]:
-    runs = [loop.run_phases(n) for _ in range(reps)]
-    return {k: summary([r[k] for r in runs]) for k in (*PHASES, "total")}
 
 
 def _deterministic(cfg: LabConfig) -> None:
@@ -230,6 +226,25 @@ def _deterministic(cfg: LabConfig) -> None:
 # 1. Harness overhead
 
 
+# Phases of a lab step, between the Lightning hooks that bound them (in call order).
+LAB_PHASES = (
+    ("loop+data", "on_train_batch_start"),  # previous step's batch-end work, LR schedule, batch
+    ("forward", "on_before_zero_grad"),  # training_step: forward, loss, logging
+    ("zero_grad", "on_before_backward"),
+    ("backward", "on_after_backward"),
+    ("closure end", "on_before_optimizer_step"),
+    ("clip+optimizer", "on_train_batch_end"),  # clipping, AdamW step, batch-end hooks
+)
+# Lab phases against plain-loop phases, for the report.
+ALIGNED = (
+    ("batch + loop", ("loop+data",), ("data",)),
+    ("forward", ("forward",), ("forward",)),
+    ("backward", ("backward",), ("backward",)),
+    ("zero_grad, clipping, AdamW, schedule", ("zero_grad", "closure end", "clip+optimizer"),
+     ("clip", "optimizer")),
+)
+
+
 def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
     from lightning.pytorch.callbacks import Callback
 
@@ -239,22 +254,50 @@ def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
 
         A lab chunk is timed from the end of this hook at one step to its start `chunk`
         steps later: every other hook, the logger, the progress bar, the checkpoint callback
-        and the data loader of those steps fall inside it, and the plain steps do not."""
+        and the data loader of those steps fall inside it, and the plain steps do not.
+        Within timed chunks the time between the hooks of LAB_PHASES is summed per phase."""
 
         def __init__(self):
             self.seen = 0
             self.t0: float | None = None
+            self.last = 0.0
             self.lab: list[float] = []
-            self.plain: list[float] = []
-            self.phases: dict[str, dict] = {}
+            self.plain: list[dict[str, float]] = []
+            self.sums = {name: 0.0 for name, _ in LAB_PHASES}
+            self.lab_chunks: list[dict[str, float]] = []
+
+        def _mark(self, phase: str) -> None:
+            if self.t0 is not None:
+                now = time.perf_counter()
+                self.sums[phase] += now - self.last
+                self.last = now
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._mark("loop+data")
+
+        def on_before_zero_grad(self, trainer, pl_module, optimizer):
+            self._mark("forward")
+
+        def on_before_backward(self, trainer, pl_module, loss):
+            self._mark("zero_grad")
+
+        def on_after_backward(self, trainer, pl_module):
+            self._mark("backward")
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self._mark("closure end")
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self._mark("clip+optimizer")
             now = time.perf_counter()
             self.seen += 1
             if self.t0 is not None:
                 if (self.seen - warmup) % chunk:
+                    self.last = time.perf_counter()
                     return
                 self.lab.append((now - self.t0) / chunk)
+                self.lab_chunks.append({k: v / chunk for k, v in self.sums.items()})
+                self.sums = dict.fromkeys(self.sums, 0.0)
                 self.t0 = None
             if self.seen < warmup:
                 return
@@ -262,11 +305,15 @@ def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
                 if self.seen == warmup:
                     plain.run(warmup)
                 if len(self.lab) >= reps:
-                    self.phases = phase_summary(plain, chunk, 3)
                     trainer.should_stop = True
                     return
-                self.plain.append(plain.run(chunk))
-            self.t0 = time.perf_counter()
+                self.plain.append(plain.run_phases(chunk))
+            self.t0 = self.last = time.perf_counter()
+
+        @property
+        def lab_phases(self) -> dict[str, dict]:
+            chunks = [{**c, "total": sum(c.values())} for c in self.lab_chunks]
+            return {k: summary([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
 
     return Interleave()
 
@@ -292,8 +339,9 @@ def harness_pair(sizes: Sizes, overrides: list[str], warmup: int, chunk: int, re
     if len(cb.lab) < reps:
         raise RuntimeError(f"the lab run stopped after {res.steps} steps ({res.status}: {res.reason})")
     torch.set_num_threads(1)
-    lab, pl = summary(cb.lab), summary(cb.plain)
-    pairs = summary([a / b for a, b in zip(cb.lab, cb.plain, strict=True)])
+    plain_steps = [p["total"] for p in cb.plain]
+    lab, pl = summary(cb.lab), summary(plain_steps)
+    pairs = summary([a / b for a, b in zip(cb.lab, plain_steps, strict=True)])
     cfg_r, task, plan = resolve(cfg)
     return {
         "overrides": [*sizes.base, *sizes.pointer, *overrides],
@@ -307,7 +355,8 @@ def harness_pair(sizes: Sizes, overrides: list[str], warmup: int, chunk: int, re
         "lab_step_s": lab, "plain_step_s": pl,
         "ratio": ratio(lab, pl), "ratio_pairs": pairs,
         "overhead_s": lab["median"] - pl["median"],
-        "plain_phases_s": cb.phases,
+        "plain_phases_s": {k: summary([p[k] for p in cb.plain]) for k in cb.plain[0]},
+        "lab_phases_s": cb.lab_phases,
     }
 
 
@@ -403,7 +452,7 @@ def peak_gemm(shapes: list[dict], reps: int, target_s: float = 0.02) -> dict:
     fwd = [r for r in rows if r["kind"] == "fwd"]
     fwd_flops = sum(r["flops"] * r["count"] for r in fwd)
     fwd_time = sum(r["time_s"]["median"] * r["count"] for r in fwd)
-    return {"shapes": rows, "mix_flop_s": total_flops / total_time,
+    return {"shapes": rows, "mix_flop_s": total_flops / total_time, "time_per_step_s": total_time,
             "forward_mix_flop_s": fwd_flops / fwd_time,
             "best_flop_s": max(r["flop_s"] for r in rows)}
 
@@ -444,6 +493,7 @@ def section_utilisation(sizes: Sizes, harness: dict) -> dict:
             "fraction_of_gemm_mix_plain": achieved_plain / gemm["mix_flop_s"],
             "fraction_of_square_lab": achieved_lab / square["flop_s"],
             "fraction_of_square_plain": achieved_plain / square["flop_s"],
+            "gemm_share_of_lab_step": gemm["time_per_step_s"] / h["lab_step_s"]["median"],
         }
     return out
 
@@ -602,7 +652,8 @@ def _first_line(e: BaseException) -> str:
 def section_compile(sizes: Sizes, workdir: Path) -> dict:
     cfg = _config(sizes)
     _deterministic(cfg)
-    out: dict[str, Any] = {"backend": sizes.compile_backend or "inductor (default)"}
+    out: dict[str, Any] = {"backend": sizes.compile_backend or "inductor (default)",
+                           "run_steps": cfg.train.steps}
     eager = PlainLoop(cfg)
     eager.run(max(2, sizes.compile_chunk // 2))
     n = sizes.compile_chunk
@@ -775,7 +826,7 @@ def render(r: dict) -> str:
         "",
         "| section | time |",
         "|---|---:|",
-        *[f"| {k} | {v:.0f} s |" for k, v in r["section_time_s"].items()],
+        *[f"| {k} | {v:.1f} s |" for k, v in r["section_time_s"].items()],
         "",
     ]
     for fn in (_r_harness, _r_util, _r_looping, _r_data, _r_sweep, _r_compile):
@@ -813,19 +864,23 @@ def _r_harness(r: dict) -> list[str]:
         f"Target: lab at most 10% slower than the plain loop at the default config (ratio <= "
         f"{sec['target']:.2f}): {_verdict(sec['ratio_default'], sec['target'])}.",
         "",
-        "Where the time goes (plain loop, per step; the lab spends the same plus the overhead "
-        "above in Lightning's loop, hooks, logging, progress bar and data loader):",
+        "Where the time goes, per step (medians over the same chunks): the lab's phases are "
+        "timed between the Lightning hooks that bound them, the plain loop's by timers around "
+        "each phase. The lab's batch + loop phase holds "
+        "everything between two steps: the data loader, Lightning's loop and its hooks, the "
+        "logger, the progress bar, the checkpoint callback and the LR schedule.",
         "",
-        "| config | " + " | ".join(PHASES) + " | total |",
-        "|---|" + "---:|" * (len(PHASES) + 1),
+        "| config | phase | lab | plain | lab − plain |",
+        "|---|---|---:|---:|---:|",
     ]
     for label, c in sec["configs"].items():
-        ph = c["plain_phases_s"]
-        if not ph:
+        lab, ph = c.get("lab_phases_s") or {}, c.get("plain_phases_s") or {}
+        if not lab or not ph:
             continue
-        tot = ph["total"]["median"]
-        cells = [f"{1e3 * ph[p]['median']:.2f} ms ({100 * ph[p]['median'] / tot:.0f}%)" for p in PHASES]
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {1e3 * tot:.2f} ms |")
+        for name, lab_keys, plain_keys in (*ALIGNED, ("total", ("total",), ("total",))):
+            a = sum(lab[k]["median"] for k in lab_keys)
+            b = sum(ph[k]["median"] for k in plain_keys)
+            out.append(f"| {label} | {name} | {_ms(a)} | {_ms(b)} | {_ms(a - b)} |")
     return out + [""]
 
 
@@ -868,9 +923,11 @@ def _r_util(r: dict) -> list[str]:
         gm = c["gemm"]
         out.append(f"- {label}: forward-only GEMM mix {_g(gm['forward_mix_flop_s'])}; "
                    f"whole fwd+bwd mix {_g(gm['mix_flop_s'])} = "
-                   f"{100 * gm['mix_flop_s'] / sq['flop_s']:.0f}% of the square matmul. The gap "
-                   f"between achieved and (a) is time outside GEMMs: attention, layer norms, GELU, "
-                   f"the optimizer, the batch and Python.")
+                   f"{100 * gm['mix_flop_s'] / sq['flop_s']:.0f}% of the square matmul. Where the "
+                   f"time goes: at these rates the step's GEMMs take {_ms(gm['time_per_step_s'])}, "
+                   f"{100 * c['gemm_share_of_lab_step']:.0f}% of the lab step; the rest is outside "
+                   "the GEMMs (attention, layer norms, GELU, embedding and loss, the optimizer, "
+                   "the batch, Python and the harness).")
     return out + [""]
 
 
@@ -985,7 +1042,8 @@ def _r_compile(r: dict) -> list[str]:
     if sp >= 1:
         be = sec["break_even_steps"]
         out.append(f"Compiled steps are **{sp:.2f}x** as fast as eager ones; the compile time is "
-                   f"repaid after about {be:.0f} steps." if be else f"Speed-up {sp:.2f}x.")
+                   f"repaid after about {be:.0f} steps (a run of this config has "
+                   f"{sec['run_steps']} steps)." if be else f"Speed-up {sp:.2f}x.")
     else:
         out.append(f"Compiled steps are **slower** on this CPU: {1 / sp:.2f}x the eager step time, "
                    "so train.compile does not pay off here.")

@@ -51,6 +51,8 @@ def test_quick_bench_writes_all_sections(tmp_path):
         assert c["overhead_s"] == pytest.approx(c["lab_step_s"]["median"] - c["plain_step_s"]["median"])
         assert c["lab_step_s"]["n"] == c["plain_step_s"]["n"] == c["reps"]
         assert set(c["plain_phases_s"]) >= {"data", "forward", "backward", "optimizer", "total"}
+        assert set(c["lab_phases_s"]) >= {"loop+data", "forward", "backward", "clip+optimizer", "total"}
+        assert c["lab_phases_s"]["total"]["n"] == c["reps"]
     assert h["met"] == (h["ratio_default"] <= h["target"])
 
     u = res["utilisation"]
