@@ -648,7 +648,8 @@ def cost_section(sa: StudyAnalysis, figures: dict[str, str]) -> list[str]:
     modes = {r.attrs.get("latency_mode") for r in sa.records if r.attrs.get("latency_mode")}
     if modes:
         lines.append(
-            "Latency is the median over repeated runs at batch 1 after a warm-up, per token: "
+            "Latency is per token at batch 1, the fastest of 5 passes after a warm-up (so that "
+            "the other worker process on the machine does not add spikes): "
             + ("autoregressive decoding with a KV cache" if modes == {"kv-cache decode"} else
                "one full-sequence pass divided by its length (the task is bidirectional, so "
                "there is no token-by-token decoding)")

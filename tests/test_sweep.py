@@ -84,6 +84,9 @@ def test_grid_is_covered_and_report_equals_storage():
     for fig in ("objective.png", "cost.png"):
         assert (Path("reports/tiny") / fig).stat().st_size > 1000
     assert "**Verdict.**" in md and "## Environment" in md and "tensorboard" in md
+    # Two arms: looped settings against uniform ones of equal effective depth, with cost ratios.
+    assert "at equal effective depth" in md and "latency ratio" in md
+    assert summary["arms"].startswith("looped")
     # One TensorBoard run per trial.
     assert len([p for p in Path("runs/tiny").iterdir() if p.is_dir()]) == 8
 
@@ -317,3 +320,17 @@ def test_postgres_two_sweeps_share_one_study():
     assert len(pairs) == 8 and set(pairs.values()) == {1}
     spurious = [t for t in study.trials if t.user_attrs.get("lab.spurious")]
     assert all(not t.params for t in spurious)
+
+
+def test_depth_study_report_shows_per_layer_readout(tmp_path):
+    abl = tmp_path / "depth.yaml"
+    abl.write_text(
+        f"name: depth\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+        "overrides: {eval.cost: false}\n"
+        "space: {model.n_layers: [1, 2, 3]}\naxis: model.n_layers\nseeds: [0, 1]\n"
+    )
+    assert main(["sweep", str(abl), "--workers", "2"]) == 0
+    md = Path("reports/depth/report.md").read_text()
+    assert "## Inside the deepest model" in md and "readout.png" in md
+    assert Path("reports/depth/readout.png").stat().st_size > 1000
+    assert "3 layers" in md  # the axis is named in the verdict or the table

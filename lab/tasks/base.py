@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from lab.errors import ConfigError
+
 IGNORE = -100
 SPLITS = ("train", "val", "ood")
 
@@ -62,6 +64,23 @@ def eval_set(task, split: str, n: int, seed: int = 1234) -> tuple[torch.Tensor, 
 
 def describe(task) -> str:
     return task.describe() if hasattr(task, "describe") else type(task).__name__
+
+
+def check_hops(hops: int, hops_min: int | None, ood_hops: int | None, ood_extra: int,
+               check_ood: bool = True) -> tuple[int, int]:
+    """Validate the shared hop knobs; returns (hops_min, ood_hops) with defaults filled in.
+
+    hops_min defaults to hops (a fixed hop count), ood_hops to hops + ood_extra.
+    """
+    if hops < 1:
+        raise ConfigError("task.hops", f"must be at least 1, got {hops}.")
+    lo = hops if hops_min is None else hops_min
+    if not 1 <= lo <= hops:
+        raise ConfigError("task.hops_min", f"must be in [1, task.hops={hops}], got {lo}.")
+    hi = ood_hops if ood_hops is not None else hops + ood_extra
+    if check_ood and hi <= hops:
+        raise ConfigError("task.ood_hops", f"must exceed task.hops={hops}, got {hi}.")
+    return lo, hi
 
 
 def hop_counts(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from lab.errors import ConfigError
-from lab.tasks.base import IGNORE, Task, hop_counts
+from lab.tasks.base import IGNORE, Task, check_hops, hop_counts
 
 
 @dataclass
@@ -40,17 +40,7 @@ class InductionTask(Task):
             raise ConfigError("task.alphabet", f"needs at least 2 symbols, got {cfg.alphabet}.")
         if cfg.length < 2:
             raise ConfigError("task.length", f"must be at least 2, got {cfg.length}.")
-        if cfg.hops < 1:
-            raise ConfigError("task.hops", f"must be at least 1, got {cfg.hops}.")
-        if not 1 <= cfg.hops_min <= cfg.hops:
-            raise ConfigError(
-                "task.hops_min", f"must be in [1, task.hops={cfg.hops}], got {cfg.hops_min}."
-            )
-        self.ood_hops = cfg.ood_hops if cfg.ood_hops is not None else cfg.hops + 1
-        if self.ood_hops <= cfg.hops:
-            raise ConfigError(
-                "task.ood_hops", f"must exceed task.hops={cfg.hops}, got {self.ood_hops}."
-            )
+        _, self.ood_hops = check_hops(cfg.hops, cfg.hops_min, cfg.ood_hops, ood_extra=1)
         self.vocab_size = cfg.alphabet + self.ood_hops
         self.seq_len = cfg.length + 1
         self.max_seq_len = self.seq_len

@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 
 from lab.errors import ConfigError
-from lab.tasks.base import IGNORE, Task, hop_counts
+from lab.tasks.base import IGNORE, Task, check_hops, hop_counts
 
 
 @dataclass
@@ -62,18 +62,8 @@ class PointerTask(Task):
         super().__init__(cfg)
         if cfg.nodes < 2:
             raise ConfigError("task.nodes", f"needs at least 2 nodes, got {cfg.nodes}.")
-        if cfg.hops < 1:
-            raise ConfigError("task.hops", f"must be at least 1, got {cfg.hops}.")
-        self.hops_min = cfg.hops if cfg.hops_min is None else cfg.hops_min
-        if not 1 <= self.hops_min <= cfg.hops:
-            raise ConfigError(
-                "task.hops_min", f"must be in [1, task.hops={cfg.hops}], got {self.hops_min}."
-            )
-        self.ood_hops = cfg.ood_hops if cfg.ood_hops is not None else cfg.hops + 2
-        if cfg.ood == "hops" and self.ood_hops <= cfg.hops:
-            raise ConfigError(
-                "task.ood_hops", f"must exceed task.hops={cfg.hops}, got {self.ood_hops}."
-            )
+        self.hops_min, self.ood_hops = check_hops(cfg.hops, cfg.hops_min, cfg.ood_hops,
+                                                  ood_extra=2, check_ood=cfg.ood == "hops")
         if cfg.causal and cfg.queries < 1:
             raise ConfigError("task.queries", f"must be at least 1, got {cfg.queries}.")
         self.n = cfg.nodes
