@@ -792,6 +792,14 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
     from lab.provenance import git_info
 
     def objective(trial: optuna.trial.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except (KeyboardInterrupt, SystemExit):
+            # Wherever the interrupt lands (config, git, training), the trial says why it failed.
+            trial.set_user_attr(FAIL_ATTR, "interrupted")
+            raise KeyboardInterrupt from None
+
+    def run_trial(trial: optuna.trial.Trial) -> float:
         if release is not None:
             release()
         if abl.sampler == "grid" and not trial.user_attrs.get("lab.queued"):
@@ -823,9 +831,6 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
             res = train(cfg, save_dir=runs_dir, name=abl.study, version=version,
                         callbacks=callbacks, progress=False,
                         hparams={"trial": trial.number, "setting": label})
-        except (KeyboardInterrupt, SystemExit):
-            trial.set_user_attr(FAIL_ATTR, "interrupted")
-            raise KeyboardInterrupt from None
         except optuna.TrialPruned:
             raise
         except LabError as e:
@@ -965,6 +970,20 @@ def default_workers(abl: Ablation, requested: int | None) -> int:
     return max(1, int(n))
 
 
+def _interrupt_once() -> None:
+    """Raise KeyboardInterrupt on the first SIGINT and ignore later ones.
+
+    Ctrl-C reaches a worker twice (from the terminal's process group and from `lab sweep`
+    stopping its workers); a second interrupt must not cut short the bookkeeping of the first.
+    """
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def worker_main(argv: list[str]) -> int:
     """Entry point of one worker process: pop queued trials until none are left."""
     import argparse
@@ -981,6 +1000,7 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
+    _interrupt_once()
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     abl = load_ablation(args.ablation, args.overrides)

@@ -333,4 +333,4 @@ def test_depth_study_report_shows_per_layer_readout(tmp_path):
     md = Path("reports/depth/report.md").read_text()
     assert "## Inside the deepest model" in md and "readout.png" in md
     assert Path("reports/depth/readout.png").stat().st_size > 1000
-    assert "3 layers" in md  # the axis is named in the verdict or the table
+    assert "of the 3-layer model" in md  # the deepest setting is the one read out
