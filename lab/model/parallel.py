@@ -207,5 +207,7 @@ def cached_attention(q: torch.Tensor, q_pos: torch.Tensor, k: torch.Tensor, v: t
                      end: int, window: int | None = None) -> torch.Tensor:
     """Attention of queries at q_pos to cached keys of the positions end - n .. end - 1."""
     n = k.shape[2]
+    if q.shape[2] == 1 and (window is None or n <= window):
+        return F.scaled_dot_product_attention(q, k, v)  # one new token sees every stored key
     k_pos = torch.arange(end - n, end, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(q_pos, k_pos, window))
