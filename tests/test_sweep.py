@@ -138,8 +138,9 @@ def test_sigkilled_worker_trial_is_rerun_once():
                 return t.user_attrs["lab.worker"]["pid"]
         return None
 
-    wait_for(lambda: running_pid() is not None)
-    pid = running_pid()
+    found = []
+    wait_for(lambda: found.append(running_pid()) or found[-1] is not None)
+    pid = found[-1]
     os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
