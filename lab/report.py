@@ -54,8 +54,8 @@ def trial_records(study) -> tuple[list[an.TrialRecord], dict[str, int]]:
         if t.state in (TrialState.RUNNING, TrialState.WAITING):
             notes["running"] += 1
         attrs = {k: v for k, v in t.user_attrs.items() if k in COST_KEYS or k in (
-            FAIL_ATTR, "metrics", "diagnostics", "extrapolation", "plan", "latency_mode",
-            "run_dir", "lab.git", "lab.threads", "adaptive")}
+            FAIL_ATTR, "metrics", "diagnostics", "extrapolation", "plan", "widths", "mlp_hidden",
+            "latency_mode", "run_dir", "lab.git", "lab.threads", "adaptive")}
         records.append(an.TrialRecord(
             number=t.number,
             setting=t.user_attrs.get(SETTING_ATTR, "?"),
@@ -534,6 +534,7 @@ def write_markdown(sa: StudyAnalysis, out_dir: Path, figures: dict[str, str]) ->
         "- every setting shares the base config below; only the swept keys differ "
         f"({', '.join(f'`{k}`' for k in _swept_keys(abl))}). Unique parameters, effective depth and "
         "FLOPs per token are in the table, so matched quantities can be checked.",
+        *_shape_lines(sa),
         "",
         "<details><summary>Resolved base config</summary>",
         "",
@@ -697,6 +698,21 @@ def why_section(sa: StudyAnalysis, figures: dict[str, str]) -> list[str]:
         lines += ["## Inside the deepest model", "", figures.get("readout_text", ""), "",
                   f"![per-layer readout]({figures['readout']})", ""]
     return lines
+
+
+def _shape_lines(sa: StudyAnalysis) -> list[str]:
+    """Per-layer widths and MLP sizes of each setting, when they are not all one width."""
+    shapes: dict[str, tuple] = {}
+    for r in sa.records:
+        w, h = r.attrs.get("widths"), r.attrs.get("mlp_hidden")
+        if w and h and r.setting not in shapes:
+            shapes[r.setting] = (tuple(w), tuple(h))
+    if all(len({x for shape in shapes.values() for x in shape[i]}) <= 1 for i in (0, 1)):
+        return []  # one width and one MLP size everywhere (depth and loop studies)
+    order = [s.setting for s in sa.stats if s.setting in shapes]
+    return ["- per-layer widths (residual stream / MLP hidden) of the unique blocks: " + "; ".join(
+        f"{s}: {' '.join(map(str, shapes[s][0]))} / {' '.join(map(str, shapes[s][1]))}"
+        for s in order) + "."]
 
 
 def _redact_url(url: str) -> str:

@@ -872,6 +872,8 @@ def _record(res) -> dict[str, Any]:
         "extrapolation": clean(res.extrapolation),
         "adaptive": clean(res.adaptive),
         "plan": res.plan["description"],
+        "widths": res.plan["widths"],
+        "mlp_hidden": res.plan["hidden"],
     })
     return out
 

@@ -335,3 +335,26 @@ def test_depth_study_report_shows_per_layer_readout(tmp_path):
     assert "## Inside the deepest model" in md and "readout.png" in md
     assert Path("reports/depth/readout.png").stat().st_size > 1000
     assert "of the 3-layer model" in md  # the deepest setting is the one read out
+
+
+def test_width_study_report_lists_each_settings_shape(tmp_path):
+    from lab.config import load_config
+    from lab.model import resolve
+
+    abl = tmp_path / "w.yaml"
+    abl.write_text(
+        f"name: w\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+        "overrides: {eval.cost: false, train.steps: 10, model.family: banded, model.n_layers: 3,"
+        " model.match_params: {width_profile: uniform}}\n"
+        "space: {model.width_profile: [uniform, wide_middle]}\nseeds: [0]\n"
+    )
+    assert main(["sweep", str(abl), "--workers", "1"]) == 0
+    md = Path("reports/w/report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- per-layer widths"))
+    for profile in ("uniform", "wide_middle"):
+        _, _, plan = resolve(load_config(
+            [ROOT / "configs/debug.yaml"],
+            ["model.family=banded", "model.n_layers=3", f"model.width_profile={profile}",
+             "model.match_params={width_profile: uniform}"]))
+        shape = f"{' '.join(map(str, plan.widths))} / {' '.join(map(str, plan.hidden))}"
+        assert f"width_profile={profile}: {shape}" in line
