@@ -26,8 +26,9 @@ Grid studies are driven by Optuna's trial queue: the sweep enqueues every (setti
 pair that is not done yet, and workers pop queued trials. Popping is atomic on PostgreSQL
 (row locks); on SQLite, whose UPDATE is not conditional, workers on one machine serialise
 the pop through a file lock, so a pair is never run twice. A worker that dies leaves its
-trial RUNNING: workers on the same host see that its process is gone and re-queue the
-pair at once; other hosts' trials are failed and re-queued by Optuna's heartbeat
+trial RUNNING: workers on the same host see that its process is gone (each worker claims
+the queued trial it is about to pop, so even one that dies inside the pop is known) and
+re-queue the pair at once; other hosts' trials are failed and re-queued by Optuna's heartbeat
 (``RetryHeartbeatStaleTrialCallback``). A retried pair resumes from its last checkpoint.
 """
 
@@ -604,6 +605,7 @@ def _quiet_optuna():
 # Trials, pairs and the queue
 
 WORKER_ATTR, SETTING_ATTR, FAIL_ATTR = "lab.worker", "lab.setting", "lab.fail_reason"
+CLAIM_ATTR = "lab.claimed_by"  # set on a queued trial by the worker about to pop it
 FINAL_FAILURES = ("diverged",)
 
 
@@ -677,7 +679,7 @@ def reclaim_dead_local_trials(study) -> list[int]:
     host = socket.gethostname()
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        ident = t.user_attrs.get(WORKER_ATTR)
+        ident = t.user_attrs.get(WORKER_ATTR, t.user_attrs.get(CLAIM_ATTR))
         if not isinstance(ident, dict) or ident.get("host") != host or _alive(ident):
             continue
         storage = study._storage
@@ -983,7 +985,8 @@ def _interrupt_once() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background sweep ignores it
+        signal.signal(signal.SIGINT, handler)
 
 
 def worker_main(argv: list[str]) -> int:
@@ -1044,6 +1047,9 @@ def worker_main(argv: list[str]) -> int:
                 optuna.storages.fail_stale_trials(study)
             time.sleep(2.0)
             continue
+        # Optuna pops the oldest waiting trial. Claim it first, so that if this process dies
+        # between the pop and the objective's first line, the trial is still known to be ours.
+        study._storage.set_trial_user_attr(waiting[0]._trial_id, CLAIM_ATTR, worker_identity())
         try:
             # The objective releases the lock as soon as the queued trial is ours.
             study.optimize(objective, n_trials=1, catch=(TrialFailed,))
@@ -1204,7 +1210,7 @@ def _trial_line(t, abl: Ablation) -> str:
         return f"  [green]done[/green]   #{t.number:<4} {label}, seed {seed}: {abl.objective} {shown}{wall_s}"
     if t.state == TrialState.PRUNED:
         return f"  [yellow]pruned[/yellow] #{t.number:<4} {label}, seed {seed}{wall_s}"
-    reason = t.user_attrs.get(FAIL_ATTR) or "failed"
+    reason = t.user_attrs.get(FAIL_ATTR) or "no reason recorded (its worker stopped reporting)"
     return f"  [red]failed[/red] #{t.number:<4} {label}, seed {seed}: {reason}"
 
 

@@ -49,9 +49,12 @@ def wait_for(cond, timeout=120.0, every=0.3):
 
 
 def start_sweep(*args):
+    # Ctrl-C must reach the sweep even when the tests run in a background job, whose shell
+    # ignores SIGINT (an ignored signal stays ignored across exec).
     return subprocess.Popen([sys.executable, "-m", "lab.cli", "sweep", str(TINY), *args],
                             start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_grid_is_covered_and_report_equals_storage():
@@ -105,15 +108,23 @@ def test_rerunning_a_finished_study_adds_nothing():
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_killed_sweep_resumes_only_what_is_missing(sig):
-    proc = start_sweep("--workers", "1", "train.steps=120", "study=tiny")
-    wait_for(lambda: sum(t.state == TrialState.COMPLETE for t in load().trials) >= 2
-             and any(t.state == TrialState.RUNNING for t in load().trials))
+    proc = start_sweep("--workers", "1", "train.steps=300", "study=tiny")
+
+    def two_done_one_running():
+        states = [t.state for t in load().trials]
+        return states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states
+
+    wait_for(two_done_one_running, every=0.1)
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
-    done = {t.number: (t.value, t.datetime_complete) for t in load().trials
+    after_kill = load().trials
+    done = {t.number: (t.value, t.datetime_complete) for t in after_kill
             if t.state == TrialState.COMPLETE}
-    assert main(["sweep", str(TINY), "--workers", "1", "train.steps=120", "study=tiny"]) == 0
+    # Usually one trial was cut short (left RUNNING by SIGKILL, failed by Ctrl-C); the kill can
+    # also land between two trials, and then nothing was.
+    cut = {t.number for t in after_kill if t.state in (TrialState.RUNNING, TrialState.FAIL)}
+    assert main(["sweep", str(TINY), "--workers", "1", "train.steps=300", "study=tiny"]) == 0
     study = load()
     for t in study.trials:  # completed trials are untouched
         if t.number in done:
@@ -121,10 +132,38 @@ def test_killed_sweep_resumes_only_what_is_missing(sig):
     pairs = completed_pairs(study)
     assert len(pairs) == 8 and set(pairs.values()) == {1}
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert failed and all(t.user_attrs["lab.fail_reason"].startswith("interrupted")
-                          for t in failed)
+    assert {t.number for t in failed} == cut
+    assert all(t.user_attrs["lab.fail_reason"].startswith("interrupted") for t in failed)
     summary = json.loads(Path("reports/tiny/summary.json").read_text())
     assert all(s["n_failed"] == 0 for s in summary["settings"])  # re-run, not failures
+
+
+def test_worker_dead_inside_the_pop_is_reclaimed_by_its_claim():
+    """A worker killed between Optuna's pop and its objective's first line leaves a RUNNING
+    trial with no worker identity; the claim it stamped on the queued trial names it."""
+    from lab.sweep import (
+        CLAIM_ATTR,
+        create_or_load_study,
+        load_ablation,
+        queue_missing,
+        reclaim_dead_local_trials,
+        worker_identity,
+    )
+
+    abl = load_ablation(TINY)
+    study = create_or_load_study(abl)
+    queue_missing(study, abl)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ident = {**worker_identity(), "pid": dead.pid, "start": None}
+    first, second = study.get_trials(states=(TrialState.WAITING,))[:2]
+    for t in (first, second):
+        study._storage.set_trial_user_attr(t._trial_id, CLAIM_ATTR, ident)
+    study._storage.set_trial_state_values(first._trial_id, state=TrialState.RUNNING)
+    assert reclaim_dead_local_trials(study) == [first.number]
+    t = study.trials[first.number]
+    assert t.state == TrialState.FAIL and t.user_attrs["lab.fail_reason"].startswith("interrupted")
+    assert study.trials[second.number].state == TrialState.WAITING  # claimed, never popped
 
 
 def test_sigkilled_worker_trial_is_rerun_once():
