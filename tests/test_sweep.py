@@ -48,6 +48,13 @@ def wait_for(cond, timeout=120.0, every=0.3):
     raise AssertionError("timed out")
 
 
+def debug_ablation(tmp_path, name: str, body: str) -> Path:
+    """An ablation file named `name` on configs/debug.yaml; `body` holds the rest."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nbase: [{ROOT / 'configs/debug.yaml'}]\n{body}")
+    return path
+
+
 def start_sweep(*args):
     # Ctrl-C must reach the sweep even when the tests run in a background job, whose shell
     # ignores SIGINT (an ignored signal stays ignored across exec).
@@ -209,9 +216,8 @@ def test_three_workers_cover_the_grid_exactly_once():
 
 
 def test_diverging_trial_fails_with_reason_and_sweep_goes_on(tmp_path):
-    abl = tmp_path / "div.yaml"
-    abl.write_text(
-        f"name: div\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+    abl = debug_ablation(
+        tmp_path, "div",
         "overrides: {train.grad_clip: 0, train.log_every: 1, eval.cost: false}\n"
         "space: {train.lr: [1.0e+30, 0.003]}\nseeds: [0]\n"
     )
@@ -228,9 +234,8 @@ def test_diverging_trial_fails_with_reason_and_sweep_goes_on(tmp_path):
 
 
 def test_pruner_reports_at_global_steps(tmp_path):
-    abl = tmp_path / "prune.yaml"
-    abl.write_text(
-        f"name: prune\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+    abl = debug_ablation(
+        tmp_path, "prune",
         "overrides: {eval.cost: false, train.steps: 30}\n"
         "space: {model.n_layers: [1, 2]}\nseeds: [0, 1]\npruner: median\n"
     )
@@ -242,9 +247,8 @@ def test_pruner_reports_at_global_steps(tmp_path):
 
 
 def test_sampled_study_runs_n_trials(tmp_path):
-    abl = tmp_path / "tpe.yaml"
-    abl.write_text(
-        f"name: tpe\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+    abl = debug_ablation(
+        tmp_path, "tpe",
         "overrides: {eval.cost: false}\n"
         "space: {train.lr: {low: 0.001, high: 0.01, log: true}, model.n_layers: {low: 1, high: 2}}\n"
         "seeds: [0, 1]\nsampler: tpe\nn_trials: 3\n"
@@ -363,9 +367,8 @@ def test_postgres_two_sweeps_share_one_study():
 
 
 def test_depth_study_report_shows_per_layer_readout(tmp_path):
-    abl = tmp_path / "depth.yaml"
-    abl.write_text(
-        f"name: depth\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+    abl = debug_ablation(
+        tmp_path, "depth",
         "overrides: {eval.cost: false}\n"
         "space: {model.n_layers: [1, 2, 3]}\naxis: model.n_layers\nseeds: [0, 1]\n"
     )
@@ -380,9 +383,8 @@ def test_width_study_report_lists_each_settings_shape(tmp_path):
     from lab.config import load_config
     from lab.model import resolve
 
-    abl = tmp_path / "w.yaml"
-    abl.write_text(
-        f"name: w\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
+    abl = debug_ablation(
+        tmp_path, "w",
         "overrides: {eval.cost: false, train.steps: 10, model.family: banded, model.n_layers: 3,"
         " model.match_params: {width_profile: uniform}}\n"
         "space: {model.width_profile: [uniform, wide_middle]}\nseeds: [0]\n"
