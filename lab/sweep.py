@@ -606,6 +606,7 @@ def _quiet_optuna():
 
 WORKER_ATTR, SETTING_ATTR, FAIL_ATTR = "lab.worker", "lab.setting", "lab.fail_reason"
 CLAIM_ATTR = "lab.claimed_by"  # set on a queued trial by the worker about to pop it
+INTERRUPTED = "interrupted"  # the fail reason of a trial until it ends otherwise
 FINAL_FAILURES = ("diverged",)
 
 
@@ -684,7 +685,7 @@ def reclaim_dead_local_trials(study) -> list[int]:
             continue
         storage = study._storage
         try:
-            storage.set_trial_user_attr(t._trial_id, FAIL_ATTR, "interrupted: worker process died")
+            storage.set_trial_user_attr(t._trial_id, FAIL_ATTR, f"{INTERRUPTED}: worker process died")
             ok = storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             continue
@@ -794,12 +795,19 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
     from lab.provenance import git_info
 
     def objective(trial: optuna.trial.Trial) -> float:
+        # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
+        # or a kill lands, a trial that stops early says why (grid workers also stamp it on
+        # the queued trial before popping it).
+        trial.set_user_attr(FAIL_ATTR, INTERRUPTED)
         try:
-            return run_trial(trial)
-        except (KeyboardInterrupt, SystemExit):
-            # Wherever the interrupt lands (config, git, training), the trial says why it failed.
-            trial.set_user_attr(FAIL_ATTR, "interrupted")
+            value = run_trial(trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr(FAIL_ATTR, None)
+            raise
+        except SystemExit:  # Lightning exits on Ctrl-C; to Optuna this is an interrupt
             raise KeyboardInterrupt from None
+        trial.set_user_attr(FAIL_ATTR, None)
+        return value
 
     def run_trial(trial: optuna.trial.Trial) -> float:
         if release is not None:
@@ -809,7 +817,6 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
             trial.set_user_attr("lab.spurious", True)
             raise optuna.TrialPruned("no queued work left")
         trial.set_user_attr(WORKER_ATTR, worker_identity())
-        trial.set_user_attr(FAIL_ATTR, None)
         params = _suggest(trial, abl.space, abl.seeds)
         seed = params.pop("seed")
         label, group, axis = _setting_label(abl, params)
@@ -1049,7 +1056,9 @@ def worker_main(argv: list[str]) -> int:
             continue
         # Optuna pops the oldest waiting trial. Claim it first, so that if this process dies
         # between the pop and the objective's first line, the trial is still known to be ours.
-        study._storage.set_trial_user_attr(waiting[0]._trial_id, CLAIM_ATTR, worker_identity())
+        claimed = waiting[0]._trial_id
+        study._storage.set_trial_user_attr(claimed, CLAIM_ATTR, worker_identity())
+        study._storage.set_trial_user_attr(claimed, FAIL_ATTR, INTERRUPTED)
         try:
             # The objective releases the lock as soon as the queued trial is ours.
             study.optimize(objective, n_trials=1, catch=(TrialFailed,))
