@@ -2,7 +2,7 @@
 
 Six sections, each written to ``reports/bench/report.md`` (raw numbers in ``results.json``):
 
-1. harness overhead: the lab's Lightning training (``lab.harness.train`` itself, with its
+1. harness overhead: the lab's Lightning training (``lab.train.train`` itself, with its
    Trainer, logger, checkpointing, progress bar and determinism as configured) against a
    minimal plain-PyTorch loop over the same model, task, batch and optimizer;
 2. utilisation: achieved training FLOP/s against the peak matmul FLOP/s measured here;
@@ -140,9 +140,10 @@ class PlainLoop:
     schedule and gradient clipping, without Lightning."""
 
     def __init__(self, cfg: LabConfig, compile_backend: str | None | bool = False):
-        from lab.harness import _mix, lr_lambda
+        from lab.train.data import mix
+        from lab.train.optim import build_optimizer
 
-        self._mix = _mix
+        self._mix = mix
         cfg, task, plan = resolve(cfg)
         self.cfg, self.task = cfg, task
         torch.manual_seed(cfg.seed)
@@ -151,14 +152,7 @@ class PlainLoop:
             self.model.compile(**({"backend": compile_backend} if compile_backend else {}))
         t = cfg.train
         self.params = list(self.model.parameters())
-        decay = [p for p in self.params if p.dim() >= 2]
-        other = [p for p in self.params if p.dim() < 2]
-        self.opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay},
-             {"params": other, "weight_decay": 0.0}],
-            lr=t.lr, betas=(0.9, 0.95),
-        )
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.opt, self.sched = build_optimizer(self.params, cfg)
         self.clip = t.grad_clip or None
         self.g = torch.Generator()
         self.step = 0
@@ -321,7 +315,7 @@ def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
 def harness_pair(sizes: Sizes, overrides: list[str], warmup: int, chunk: int, reps: int,
                  workdir: Path) -> dict:
     """Lab vs plain step time of one config, interleaved in one lab training run."""
-    from lab.harness import train
+    from lab.train import train
 
     window = warmup + reps * chunk
     # Evaluation-only keys: the post-training cost measurements and the validation set size
@@ -376,7 +370,7 @@ def section_harness(sizes: Sizes, workdir: Path) -> dict:
 
 def train_step_flops(cfg: LabConfig) -> int:
     """FLOPs of forward + backward of one training batch (FlopCounterMode)."""
-    from lab.cost import count_flops
+    from lab.eval.cost import count_flops
 
     loop = PlainLoop(cfg)
     x, y = loop.batch()
@@ -543,7 +537,7 @@ def section_looping(sizes: Sizes) -> dict:
 def section_data(sizes: Sizes) -> dict:
     from torch.utils.data import DataLoader
 
-    from lab.harness import _Stream
+    from lab.train.data import TrainStream
 
     out: dict[str, Any] = {"target": 0.05, "tasks": {}}
     n = sizes.data_chunk
@@ -552,8 +546,8 @@ def section_data(sizes: Sizes) -> dict:
         _deterministic(cfg)
         loop = PlainLoop(cfg)
         task: Task = loop.task
-        raw = iter(_Stream(task, cfg.train.batch_size, cfg.seed, 0))  # what the lab samples
-        stream = iter(DataLoader(_Stream(task, cfg.train.batch_size, cfg.seed, 0), batch_size=None))
+        raw = iter(TrainStream(task, cfg.train.batch_size, cfg.seed, 0))  # what the lab samples
+        stream = iter(DataLoader(TrainStream(task, cfg.train.batch_size, cfg.seed, 0), batch_size=None))
 
         def sample(it=raw) -> float:
             t0 = time.perf_counter()
@@ -713,7 +707,7 @@ SECTIONS = ("harness", "utilisation", "looping", "data", "sweep", "compile")
 
 def run_bench(quick: bool = False, out_dir: str | os.PathLike = DEFAULT_OUT) -> int:
     """Run the six sections, write report.md and results.json into out_dir; 0 if all ran."""
-    from lab.harness import quiet_lightning
+    from lab.train import quiet_lightning
 
     quiet_lightning()
     sizes = QUICK if quick else FULL
@@ -841,7 +835,7 @@ def _r_harness(r: dict) -> list[str]:
         return out + _error(sec)
     d = sec["configs"]["default"]
     out += [
-        "The lab's own training run (`lab.harness.train`: LabModule, TaskData, the Trainer with "
+        "The lab's own training run (`lab.train.train`: LabModule, TaskData, the Trainer with "
         f"logging every {d['log_every']} steps, progress bar {'on' if d['progress_bar'] else 'off'}, "
         f"checkpoints every {d['ckpt_every']} steps, deterministic={d['deterministic']}, "
         f"gradient clipping {d['grad_clip']}) against a minimal plain-PyTorch loop over the same "

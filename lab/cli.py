@@ -48,7 +48,7 @@ def run_table(rows: list[dict], title: str) -> Table:
 
 def cmd_train(args) -> int:
     from lab.config import load_config
-    from lab.harness import train
+    from lab.train import train
 
     cfg = load_config(args.config, args.overrides)
     res = train(cfg)
@@ -84,7 +84,7 @@ def cmd_check(args) -> int:
     import torch
 
     from lab.config import load_config
-    from lab.cost import static_costs
+    from lab.eval.cost import static_costs
     from lab.model import build_model, resolve
     from lab.sweep import load_ablation
     from lab.tasks import eval_set

@@ -138,7 +138,7 @@ class EvalConfig:
     cost: bool = True
     decode_tokens: int = 32
     # Thresholds for the adaptive-exit curve (accuracy vs mean loops used,
-    # lab.model.adaptive.exit_curve) with criterion model.exit; None = the default thresholds
+    # lab.eval.adaptive.exit_curve) with criterion model.exit; None = the default thresholds
     # (of model.exit's criterion, or of both criteria when model.exit is none).
     exit_thresholds: list[float] | None = None
 

@@ -791,8 +791,8 @@ def _pruning_callback(trial, monitor: str):
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
     import optuna
 
-    from lab.harness import train
     from lab.provenance import git_info
+    from lab.train import train
 
     def objective(trial: optuna.trial.Trial) -> float:
         # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
@@ -1003,7 +1003,7 @@ def worker_main(argv: list[str]) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from lab.harness import quiet_lightning
+    from lab.train import quiet_lightning
 
     ap = argparse.ArgumentParser(prog="lab-worker")
     ap.add_argument("ablation")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.config import load_config
-from lab.diagnostics import Accuracy, Diagnostics
+from lab.eval.metrics import Accuracy, Diagnostics
 from lab.model import build_model, resolve
 from lab.model.stack import StackOutput
 

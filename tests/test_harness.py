@@ -7,8 +7,10 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from lab.harness import LabModule, _Stream, sample_loops, train
 from lab.model import resolve
+from lab.train import train
+from lab.train.data import TrainStream
+from lab.train.module import LabModule, sample_loops
 
 
 def test_same_seed_same_metrics(debug_cfg):
@@ -97,10 +99,10 @@ def test_divergence_is_reported_not_raised(debug_cfg):
 
 def test_data_stream_is_a_function_of_seed_and_step(debug_cfg):
     cfg, task, plan = resolve(debug_cfg())
-    a = iter(_Stream(task, 4, seed=0, start=0))
+    a = iter(TrainStream(task, 4, seed=0, start=0))
     [next(a) for _ in range(5)]
     sixth = next(a)
-    b = next(iter(_Stream(task, 4, seed=0, start=5)))
+    b = next(iter(TrainStream(task, 4, seed=0, start=5)))
     assert torch.equal(sixth[0], b[0])
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from lab.config import ModelConfig, load_config
-from lab.cost import flops_per_token, kv_bytes_per_token, unique_params
 from lab.errors import ConfigError
+from lab.eval.cost import flops_per_token, kv_bytes_per_token, unique_params
 from lab.model import build_model, count_params, make_plan, resolve
 from lab.model.plan import block_params, match_params
 from lab.model.stack import Stack
@@ -165,7 +165,7 @@ def test_looped_flops_equal_unrolled_uniform(loops):
 
 
 def test_flops_count_attention_on_cpu():
-    from lab.cost import count_flops
+    from lab.eval.cost import count_flops
 
     q = torch.randn(1, 2, 8, 4)
     # 2 matmuls of (8 x 4) @ (4 x 8) and (8 x 8) @ (8 x 4) per head, 2 FLOPs per MAC.

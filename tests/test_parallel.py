@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from lab.config import load_config
-from lab.cost import kv_bytes_per_token, kv_cache_bytes, latency_costs, unique_params
-from lab.diagnostics import Diagnostics
 from lab.errors import ConfigError
+from lab.eval.adaptive import exit_curve, exit_settings, fixed_curve
+from lab.eval.cost import kv_bytes_per_token, kv_cache_bytes, latency_costs, unique_params
+from lab.eval.metrics import Diagnostics
 from lab.model import build_model, count_params, resolve
-from lab.model.adaptive import exit_curve, exit_settings, fixed_curve
 from lab.model.stack import Stack
 from lab.tasks import build_task
 

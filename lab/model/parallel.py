@@ -68,7 +68,7 @@ Decode cache (parallel mode), per core block: the first loop's keys and values f
 position; for each later loop, its own keys and values over the last W positions (G-SWA on,
 sharing on), or over every position (sharing off), or nothing (sharing on, G-SWA off).
 Prelude and coda blocks keep full caches as usual. KV bytes per token therefore do not grow
-with r beyond r-1 windows (:func:`lab.cost.kv_cache_bytes`). The carried loop outputs (r-1
+with r beyond r-1 windows (:func:`lab.eval.cost.kv_cache_bytes`). The carried loop outputs (r-1
 vectors per sequence) are decoding state, not KV cache, and are not counted as KV bytes.
 """
 

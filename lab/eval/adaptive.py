@@ -15,11 +15,9 @@ from __future__ import annotations
 import torch
 
 from lab.config import LabConfig
-from lab.diagnostics import Accuracy
+from lab.eval.metrics import EVAL_BATCH, Accuracy, evaluate
 from lab.model.stack import Stack
 from lab.tasks import IGNORE
-
-EVAL_BATCH = 256
 
 
 def exit_settings(cfg: LabConfig) -> tuple[str, float, int]:
@@ -69,10 +67,7 @@ def fixed_curve(model: Stack, x: torch.Tensor, y: torch.Tensor, loops: list[int]
     rows = []
     try:
         for r in loops:
-            acc = Accuracy()
-            for i in range(0, x.shape[0], batch_size):
-                acc.update(model(x[i:i + batch_size], r), y[i:i + batch_size])
-            rows.append({"loops": r, "mean_loops": float(r), **acc.compute()})
+            rows.append({"loops": r, "mean_loops": float(r), **evaluate(model, x, y, r, batch_size)})
     finally:
         model.train(was_training)
     return rows

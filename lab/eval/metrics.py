@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from lab.model.stack import StackOutput
 from lab.tasks import IGNORE
 
+EVAL_BATCH = 256  # evaluation batch size: memory only, results do not depend on it
+
 
 class Accuracy:
     """Token and sequence accuracy and mean loss over labelled positions."""
@@ -57,6 +59,16 @@ class Accuracy:
             "acc_seq": self.seq_correct / max(self.seqs, 1),
             "loss": self.loss / max(self.tokens, 1),
         }
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, loops: int | None = None,
+             batch_size: int = EVAL_BATCH) -> dict[str, float]:
+    """Accuracy and loss of `model` at `loops` loops over (x, y), in batches."""
+    acc = Accuracy()
+    for i in range(0, len(x), batch_size):
+        acc.update(model(x[i:i + batch_size], loops), y[i:i + batch_size])
+    return acc.compute()
 
 
 class Diagnostics:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and per-loop diagnostics, cost accounting, post-hoc curves."""

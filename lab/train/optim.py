@@ -1,0 +1,38 @@
+"""The optimizer and the learning-rate schedule: used by the harness and the bench alike."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from lab.config import LabConfig
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: LabConfig):
+    """AdamW with weight decay on matrices only, and the step-wise LambdaLR schedule."""
+    t = cfg.train
+    params = list(params)
+    decay = [p for p in params if p.dim() >= 2]
+    other = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay},
+         {"params": other, "weight_decay": 0.0}],
+        lr=t.lr, betas=(0.9, 0.95),
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+
+
+def lr_lambda(cfg: LabConfig):
+    t = cfg.train
+
+    def f(step: int) -> float:
+        if step < t.warmup:
+            return (step + 1) / t.warmup
+        if t.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup) / max(1, t.steps - t.warmup))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f

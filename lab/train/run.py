@@ -1,0 +1,236 @@
+"""Train one run: config in, a run directory with TensorBoard, config, provenance and results out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lab.config import LabConfig, flatten, to_dict
+from lab.errors import LabError
+from lab.eval import cost
+from lab.eval.curves import adaptive_curves, extrapolate
+from lab.model import StackPlan, resolve
+from lab.provenance import provenance
+from lab.train.data import TaskData
+from lab.train.module import Diverged, LabModule, Throughput
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for msg in (
+        ".*does not have many workers.*",
+        ".*IterableDataset.*__len__.*",
+        ".*The number of training batches.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*is an invalid version and will not be supported.*",
+        ".*Found .* module\\(s\\) in eval mode at the start of training.*",
+    ):
+        warnings.filterwarnings("ignore", message=msg)
+
+
+@dataclass
+class RunResult:
+    status: str  # "ok" | "diverged"
+    run_dir: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, Any] = field(default_factory=dict)
+    extrapolation: dict[str, dict[int, float]] = field(default_factory=dict)
+    adaptive: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    reason: str | None = None
+    wall_time_s: float = 0.0
+    steps: int = 0
+    resumed_from_step: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+def _precision(t) -> str:
+    if t.precision != "auto":
+        return t.precision
+    if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def default_name(cfg: LabConfig) -> str:
+    return cfg.name or f"{cfg.task['name'].split(':')[-1].lower()}-{cfg.model.family}"
+
+
+def _latest_version(root: Path) -> str | None:
+    if not root.is_dir():
+        return None
+    found = sorted(
+        (p for p in root.iterdir() if (p / "checkpoints" / "last.ckpt").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return found[-1].name if found else None
+
+
+def plan_record(plan: StackPlan, cfg: LabConfig) -> dict:
+    return {
+        "description": plan.describe(),
+        "widths": list(plan.widths),
+        "hidden": list(plan.hidden),
+        "order": list(plan.order()),
+        "eval_order": list(plan.order(cfg.model.eval_loops or cfg.model.loops)),
+        "d_model": cfg.model.d_model,
+        "mlp_ratio": cfg.model.mlp_ratio,
+    }
+
+
+def check_resume_config(run_dir: Path, cfg: LabConfig) -> None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    old = flatten(yaml.safe_load(saved.read_text()) or {})
+    new = flatten(to_dict(cfg))
+    ignore = {"resume", "train.threads", "train.progress"}  # how it runs, not what it computes
+    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    if diff:
+        k = diff[0]
+        raise LabError(
+            f"cannot resume {run_dir}: its config differs from this one at '{k}' "
+            f"(saved {old.get(k)!r}, now {new.get(k)!r}"
+            + (f", and {len(diff) - 1} more keys" if len(diff) > 1 else "")
+            + "). Resume with the same config, or drop resume=true to start a new run."
+        )
+
+
+def train(
+    cfg: LabConfig,
+    *,
+    save_dir: str | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    callbacks: list[Callback] | None = None,
+    progress: bool | None = None,
+    hparams: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train one run; write config, provenance, results and a TensorBoard run into its dir."""
+    quiet_lightning()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.set_num_threads(cfg.train.threads)
+    cfg, task, plan = resolve(cfg)
+    save_dir = save_dir or cfg.out_dir
+    name = name if name is not None else default_name(cfg)
+    resume_from = None
+    if cfg.resume:
+        found = version or _latest_version(Path(save_dir) / name)
+        if found and (Path(save_dir) / name / found / "checkpoints" / "last.ckpt").is_file():
+            version = found
+            resume_from = "last"
+    logger = TensorBoardLogger(save_dir=save_dir, name=name, version=version,
+                               default_hp_metric=False)
+    run_dir = Path(logger.log_dir)
+    if resume_from:
+        check_resume_config(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (run_dir / "provenance.json").write_text(json.dumps(
+        {**provenance(), "plan": plan_record(plan, cfg)}, indent=2))
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = LabModule(cfg, task, plan)
+    if cfg.train.compile:
+        module.model.compile()
+    data = TaskData(task, cfg)
+    t = cfg.train
+    throughput = Throughput(t.batch_size * task.seq_len, t.log_every)
+    cbs: list[Callback] = [throughput, *(callbacks or [])]
+    cbs.append(ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True, save_top_k=0,
+        every_n_train_steps=t.ckpt_every or None, auto_insert_metric_name=False,
+    ))
+    show = t.progress if progress is None else progress
+    if show:
+        cbs.append(RichProgressBar(refresh_rate=max(1, t.log_every // 5), leave=True))
+    trainer = pl.Trainer(
+        max_steps=t.steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=_precision(t),
+        deterministic=t.deterministic,
+        logger=logger,
+        callbacks=cbs,
+        val_check_interval=t.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every,
+        gradient_clip_val=t.grad_clip or None,
+        enable_progress_bar=show,
+        enable_model_summary=False,
+        benchmark=False,
+    )
+    result = RunResult(status="ok", run_dir=str(run_dir), config=to_dict(cfg),
+                       plan=plan_record(plan, cfg))
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    except Diverged as e:
+        result.status, result.reason = "diverged", str(e)
+    result.wall_time_s = time.perf_counter() - t0
+    result.steps = trainer.global_step
+    if resume_from:
+        result.resumed_from_step = throughput.start_step
+    if result.status == "ok":
+        if trainer.global_step % t.val_every or not module.final:
+            trainer.validate(module, datamodule=data, verbose=False)
+        result.metrics = dict(module.final)
+        if not all(math.isfinite(v) for k, v in result.metrics.items() if k.endswith("loss")):
+            result.status, result.reason = "diverged", "validation loss is not finite"
+    model = module.model.float().cpu().eval()
+    result.costs = cost.static_costs(model, plan, task, module.eval_loops)
+    result.costs["train_tokens_per_s"] = throughput.tokens_per_s
+    if result.status == "ok":
+        if cfg.eval.cost:
+            result.costs.update(cost.measured_costs(model, task, module.eval_loops, cfg))
+        if plan.looped:
+            result.extrapolation = extrapolate(model, task, data, cfg)
+            _log_extrapolation(logger, result.extrapolation)
+            if plan.loop_mode == "serial" and cfg.eval.diagnostics:
+                result.adaptive = adaptive_curves(model, data, cfg)
+    _log_hparams(logger, cfg, result, hparams)
+    logger.finalize("success" if result.status == "ok" else "failed")
+    (run_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
+    return result
+
+
+def _log_extrapolation(logger: TensorBoardLogger, curves: dict[str, dict[int, float]]) -> None:
+    # The step axis is the loop count, so TensorBoard draws the extrapolation curve.
+    for split, curve in curves.items():
+        for r, acc in curve.items():
+            logger.experiment.add_scalar(f"extrapolate/{split}_acc_token", acc, global_step=r)
+
+
+def _log_hparams(logger, cfg: LabConfig, result: RunResult, extra: dict | None) -> None:
+    hp = {k: (v if isinstance(v, int | float | str | bool) else str(v))
+          for k, v in flatten(to_dict(cfg)).items()}
+    hp.update(extra or {})
+    metrics = {f"hp/{k.replace('/', '_')}": v for k, v in result.metrics.items()
+               if not k.startswith("diag/")}
+    for k in ("params", "effective_depth", "flops_per_token"):
+        if result.costs.get(k) is not None:
+            metrics[f"hp/{k}"] = float(result.costs[k])
+    metrics["hp/diverged"] = float(result.status != "ok")
+    with contextlib.suppress(Exception):
+        logger.log_hyperparams(hp, metrics)
