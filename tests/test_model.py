@@ -94,7 +94,7 @@ def test_input_injection_adds_prelude_output_before_later_loops():
     _, task, plan, model = built(["model.family=looped", "model.n_layers=2", "model.band=[1,1]",
                                   "model.loops=3", "model.injection=add"], TASKS[0])
     x, _ = task.sample(2, torch.Generator().manual_seed(1))
-    e = model.blocks[0](model._embed(x))
+    e = model.blocks[0](model.embed_tokens(x))
     h = e
     for i in range(3):
         h = model.blocks[1](h + (e if i else 0))

@@ -309,7 +309,7 @@ def _criteria(model, out, criterion):
             cols.append((b - a).flatten(1).norm(dim=1) / a.flatten(1).norm(dim=1))
         else:
             prev = (out.readouts[i - 2] if i > 1
-                    else model._readout_loop(out.states[0], model.plan.core[-1]))
+                    else model.readout_loop(out.states[0], model.plan.core[-1]))
             lp, lq = F.log_softmax(out.readouts[i - 1], -1), F.log_softmax(prev, -1)
             cols.append((lp.exp() * (lp - lq)).sum(-1).mean(1))
     return torch.stack(cols, 1)

@@ -25,7 +25,6 @@ or per-sequence (bidirectional) adaptive exit, for evaluation.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,10 +34,14 @@ from torch import nn
 
 from lab.errors import ConfigError
 from lab.model import parallel as par
+from lab.model import serial
 from lab.model.plan import EMBED, StackPlan
 
 # attend(q, k, v, dropout_p) -> y, all (B, nh, T, hs): replaces a block's self-attention.
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+# The loop modes: each walk module provides trace(), new_cache() and decode() for a Stack.
+LOOP_MODES = {"serial": serial, "parallel": par}
 
 
 class Block(nn.Module):
@@ -157,40 +160,45 @@ class Stack(nn.Module):
             if b.gate is not None:
                 nn.init.normal_(b.gate.weight, std=0.02)
 
+    @property
+    def walk(self):
+        """The module that walks this plan: its loop mode's (single-pass plans walk serially)."""
+        return LOOP_MODES[self.plan.loop_mode] if self.plan.looped else serial
+
     # ------------------------------------------------------------------ pieces of the walk
-    def _move(self, h: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    def move(self, h: torch.Tensor, a: int, b: int) -> torch.Tensor:
         key = _key(a, b)
         return self.resizers[key](h) if key in self.resizers else h
 
-    def _embed(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def embed_tokens(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         T = x.shape[1]
         if offset + T > self.max_len:
             raise ValueError(f"sequence of {offset + T} tokens exceeds max_len={self.max_len}")
         pos = torch.arange(offset, offset + T, device=x.device)
         return self.embed(x) + self.pos(pos)  # (B, T, C0)
 
-    def _run(self, h: torch.Tensor, prev: int, blocks: tuple[int, ...], caches=None):
+    def run_blocks(self, h: torch.Tensor, prev: int, blocks: tuple[int, ...], caches=None):
         for b in blocks:
-            h = self._move(h, prev, b)
+            h = self.move(h, prev, b)
             h = self.blocks[b](h, None if caches is None else caches.pop(0))
             prev = b
         return h, prev
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
+    def logits_of(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(h))
 
-    def _readout_loop(self, h: torch.Tensor, prev: int) -> torch.Tensor:
-        h, _ = self._run(h, prev, self.plan.coda)
-        return self._head(h)
+    def readout_loop(self, h: torch.Tensor, prev: int) -> torch.Tensor:
+        h, _ = self.run_blocks(h, prev, self.plan.coda)
+        return self.logits_of(h)
 
-    def _readout_layer(self, h: torch.Tensor, prev: int) -> torch.Tensor:
+    def readout_layer(self, h: torch.Tensor, prev: int) -> torch.Tensor:
         # Logit lens: carry the state through the remaining width changes, skip the blocks.
         order = self.plan.order()
         i = order.index(prev) if prev != EMBED else -1
         for b in order[i + 1 :]:
-            h = self._move(h, prev, b)
+            h = self.move(h, prev, b)
             prev = b
-        return self._head(h)
+        return self.logits_of(h)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, loops: int | None = None) -> torch.Tensor:
@@ -204,104 +212,42 @@ class Stack(nn.Module):
         bptt: backpropagate through only the last `bptt` loops (the earlier ones run without
         gradient). Readouts of single-pass plans are per layer.
         """
-        plan = self.plan
-        r = plan.loops if loops is None else loops
-        if plan.looped and plan.loop_mode == "parallel":
-            return self._trace_parallel(x, r, keep, bptt)
-        out = StackOutput(logits=None)  # type: ignore[arg-type]
-        h = self._embed(x)
-        if not plan.looped:
-            prev = EMBED
-            if keep:
-                out.states.append(h)
-            for b in plan.prelude:
-                h, prev = self._run(h, prev, (b,))
-                if keep:
-                    out.states.append(h)
-                    out.readouts.append(self._readout_layer(h, prev))
-                    out.grad.append(True)
-            out.logits = out.readouts[-1] if keep else self._head(h)
-            return out
+        r = self.plan.loops if loops is None else loops
+        return self.walk.trace(self, x, r, keep, bptt)
 
-        h, prev = self._run(h, EMBED, plan.prelude)
-        e, e_src = h, prev
-        free = r - (bptt if bptt is not None else r)  # loops run without gradient
-        for i in range(r):
-            ctx = torch.no_grad() if i < free and torch.is_grad_enabled() else contextlib.nullcontext()
-            with ctx:
-                if i == 0:
-                    h = self._move(h, prev, plan.core[0])
-                    if keep:
-                        out.states.append(h)
-                else:
-                    h = self._move(h, prev, plan.core[0])
-                    if plan.injection == "add":
-                        h = h + self._move(e, e_src, plan.core[0])
-                prev = plan.core[0]
-                h, prev = self._run(h, prev, plan.core)
-                self._record_loop(out, h, prev, keep, i >= free)
-        return self._finish(out, h, prev, keep)
+    def loop_input(self, h: torch.Tensor, i: int, e: torch.Tensor, e_src: int,
+                   shift: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The input of loop i (0-based) of the core, at the core's input width.
 
-    def _record_loop(self, out: StackOutput, h: torch.Tensor, prev: int, keep: bool,
+        Loop 0 takes the prelude output e (from block e_src). A later loop takes the previous
+        loop's output h, shifted one position to the right when `shift` is given (parallel
+        looping), plus e when it is injected (model.injection=add; always with the shift).
+        """
+        core0 = self.plan.core[0]
+        if i == 0:
+            return self.move(e, e_src, core0)
+        u = self.move(h, self.plan.core[-1], core0)
+        if shift is not None:
+            u = shift(u)
+        if shift is not None or self.plan.injection == "add":
+            u = u + self.move(e, e_src, core0)
+        return u
+
+    def record_loop(self, out: StackOutput, h: torch.Tensor, prev: int, keep: bool,
                      grad: bool) -> None:
         if keep:
             out.states.append(h)
-            out.readouts.append(self._readout_loop(h, prev))
+            out.readouts.append(self.readout_loop(h, prev))
             out.grad.append(grad)
 
-    def _finish(self, out: StackOutput, h: torch.Tensor, prev: int, keep: bool) -> StackOutput:
+    def finish(self, out: StackOutput, h: torch.Tensor, prev: int, keep: bool) -> StackOutput:
         """Logits after the last loop: the last readout, or the coda, norm and head."""
         if keep:
             out.logits = out.readouts[-1]
         else:
-            h, _ = self._run(h, prev, self.plan.coda)
-            out.logits = self._head(h)
+            h, _ = self.run_blocks(h, prev, self.plan.coda)
+            out.logits = self.logits_of(h)
         return out
-
-    def _trace_parallel(self, x: torch.Tensor, r: int, keep: bool,
-                        bptt: int | None) -> StackOutput:
-        """The training walk of parallel looping (lab.model.parallel)."""
-        plan, spec = self.plan, self.plan.parallel
-        core0, core1 = plan.core[0], plan.core[-1]
-        out = StackOutput(logits=None)  # type: ignore[arg-type]
-        h = self._embed(x)
-        h, prev = self._run(h, EMBED, plan.prelude)
-        e = self._move(h, prev, core0)  # e_t: the input of loop 1
-        first: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # loop 1's k, v per block
-        free = r - (bptt if bptt is not None else r)  # loops run without gradient
-        for i in range(r):
-            ctx = torch.no_grad() if i < free and torch.is_grad_enabled() else contextlib.nullcontext()
-            with ctx:
-                if i == 0:
-                    u = e
-                    if keep:
-                        out.states.append(e)
-                else:
-                    u = self._move(h, core1, core0)
-                    if spec.shift:  # u^{l+1}_t = h^l_{t-1} + e_t, h^l_{-1} = 0
-                        u = F.pad(u, (0, 0, 1, 0))[:, :-1]
-                    if spec.shift or plan.injection == "add":
-                        u = u + e
-                h, prev = u, core0
-                for b in plan.core:
-                    h = self._move(h, prev, b)
-                    h = self.blocks[b](h, attend=self._train_attend(b, i, first))
-                    prev = b
-                self._record_loop(out, h, prev, keep, i >= free)
-        return self._finish(out, h, core1, keep)
-
-    def _train_attend(self, b: int, i: int, first: dict) -> Attend:
-        block, spec = self.blocks[b], self.plan.parallel
-        if i == 0:  # loop 1: plain causal self-attention; remember its keys and values
-            def attend(q, k, v, p):
-                first[b] = (k, v)
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
-        else:
-            def attend(q, k, v, p):
-                k1, v1 = first[b]
-                return par.later_loop_attention(q, k, v, k1, v1, block.gate, spec.shared_kv,
-                                                spec.gswa, spec.window, p)
-        return attend
 
     # ------------------------------------------------------------------ adaptive exit
     @torch.no_grad()
@@ -347,24 +293,22 @@ class Stack(nn.Module):
         core0, core1 = plan.core[0], plan.core[-1]
         B, T = x.shape
         per_token = self.causal
-        h, prev = self._run(self._embed(x), EMBED, plan.prelude)
+        h, prev = self.run_blocks(self.embed_tokens(x), EMBED, plan.prelude)
         e, e_src = h, prev
-        h = self._move(h, prev, core0)
+        h = self.move(h, prev, core0)
         comparable = self.plan.widths[core0] == self.plan.widths[core1]
         active = torch.ones((B, T) if per_token else (B,), dtype=torch.bool, device=x.device)
         used = torch.full(active.shape, n, dtype=torch.long, device=x.device)
         logp = None
         if criterion == "kl" and comparable:
-            logp = F.log_softmax(self._readout_loop(h, core1).float(), -1)
+            logp = F.log_softmax(self.readout_loop(h, core1).float(), -1)
         logits = None
         for i in range(1, n + 1):
-            u = h if i == 1 else self._move(h, core1, core0)
-            if i > 1 and plan.injection == "add":
-                u = u + self._move(e, e_src, core0)
-            new, _ = self._run(u, core0, plan.core)
+            u = h if i == 1 else self.loop_input(h, i - 1, e, e_src)
+            new, _ = self.run_blocks(u, core0, plan.core)
             sel = active[:, :, None] if per_token else active[:, None, None]
             last, h = h, (new if i == 1 else torch.where(sel, new, h))
-            readout = self._readout_loop(h, core1)
+            readout = self.readout_loop(h, core1)
             logits = readout if logits is None else torch.where(sel, readout, logits)
             if i == n:
                 break
@@ -395,142 +339,14 @@ class Stack(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def new_cache(self, loops: int | None = None) -> list:
-        """One KV cache per executed block: serial looping keeps one per pass. Parallel looping
-        keeps one per prelude / coda block and one :class:`lab.model.parallel.LoopKV` per core
-        block (the first loop's keys and values plus the later loops' windows)."""
-        plan = self.plan
-        if plan.looped and plan.loop_mode == "parallel":
-            r = plan.loops if loops is None else loops
-            spec = plan.parallel
-            core = [par.LoopKV.make(r, spec.shared_kv, spec.gswa, spec.window) for _ in plan.core]
-            return par.ParallelCache(
-                [*(KVCache() for _ in plan.prelude), *core, *(KVCache() for _ in plan.coda)], r
-            )
-        return [KVCache() for _ in plan.order(loops)]
+        """The decode cache of this plan at `loops` loops (see the loop mode's walk)."""
+        return self.walk.new_cache(self, self.plan.loops if loops is None else loops)
 
     @torch.no_grad()
     def decode_step(self, x: torch.Tensor, offset: int, cache: list,
                     loops: int | None = None) -> torch.Tensor:
         """Logits for the new tokens x (B, t) at positions offset.., extending `cache`."""
-        plan = self.plan
-        r = plan.loops if loops is None else loops
-        if plan.looped and plan.loop_mode == "parallel":
-            return self._decode_parallel(x, offset, cache, r)
-        queue = list(cache)
-        h = self._embed(x, offset)
-        h, prev = self._run(h, EMBED, plan.prelude, queue)
-        e, e_src = h, prev
-        for i in range(r if plan.core else 0):
-            h = self._move(h, prev, plan.core[0])
-            if i > 0 and plan.injection == "add":
-                h = h + self._move(e, e_src, plan.core[0])
-            h, prev = self._run(h, plan.core[0], plan.core, queue)
-        h, prev = self._run(h, prev, plan.coda, queue)
-        return self._head(h)
-
-    def _decode_parallel(self, x: torch.Tensor, offset: int, cache: list,
-                         r: int) -> torch.Tensor:
-        """Parallel-mode decoding. A single new token with the cross-loop shift runs all r
-        loops as one batch of r rows through the core; a longer chunk (or no shift) runs the
-        loops one after another over the chunk. Both give the training forward's outputs."""
-        plan, spec = self.plan, self.plan.parallel
-        core0, core1 = plan.core[0], plan.core[-1]
-        if not isinstance(cache, par.ParallelCache) or cache.loops != r:
-            raise ValueError(f"decode_step needs the cache of new_cache({r}) in parallel mode.")
-        B, T = x.shape
-        queue = list(cache)
-        h = self._embed(x, offset)
-        h, prev = self._run(h, EMBED, plan.prelude, queue)
-        e = self._move(h, prev, core0)
-        kv = [queue.pop(0) for _ in plan.core]
-        if spec.shift and cache.carry is None:
-            cache.carry = [torch.zeros_like(e[:, :1]) for _ in range(r - 1)]
-        q_pos = torch.arange(offset, offset + T, device=x.device)
-        if spec.shift and T == 1 and r > 1:
-            # Loop 1 of this token and loops 2..r fed by the previous token's loops 1..r-1.
-            assert cache.carry is not None
-            hb = torch.cat([e, *(c + e for c in cache.carry)], 0)  # (r*B, 1, C)
-            prev = core0
-            for j, b in enumerate(plan.core):
-                hb = self._move(hb, prev, b)
-                hb = self.blocks[b](hb, attend=self._batched_attend(b, kv[j], r, offset))
-                prev = b
-            outs = hb.split(B)
-            cache.carry = [self._move(o, core1, core0) for o in outs[:-1]]
-            h = outs[-1]
-        else:
-            for i in range(r):
-                if i == 0:
-                    u = e
-                else:
-                    u = self._move(h, core1, core0)
-                    if spec.shift:
-                        assert cache.carry is not None
-                        u, cache.carry[i - 1] = (torch.cat([cache.carry[i - 1], u[:, :-1]], 1),
-                                                 u[:, -1:])
-                    if spec.shift or plan.injection == "add":
-                        u = u + e
-                h, prev = u, core0
-                for j, b in enumerate(plan.core):
-                    h = self._move(h, prev, b)
-                    h = self.blocks[b](h, attend=self._cached_attend(b, kv[j], i, q_pos))
-                    prev = b
-        h, prev = self._run(h, core1, plan.coda, queue)
-        return self._head(h)
-
-    def _cached_attend(self, b: int, kv: par.LoopKV, i: int, q_pos: torch.Tensor) -> Attend:
-        """Attention of loop i over a chunk of new positions q_pos, with the block's cache."""
-        block, spec = self.blocks[b], self.plan.parallel
-        end = int(q_pos[-1]) + 1
-
-        def attend(q, k, v, p):
-            if i == 0:
-                k1, v1 = kv.first.extend(k, v)
-                return par.cached_attention(q, q_pos, k1, v1, end)
-            own = kv.later[i - 1]
-            ko = vo = None
-            if own is not None:
-                ko, vo = own.extend(k, v)
-            if spec.shared_kv:  # loop 1 already stored this chunk
-                assert kv.first.k is not None and kv.first.v is not None
-                y = par.cached_attention(q, q_pos, kv.first.k, kv.first.v, end)
-            else:
-                y = par.cached_attention(q, q_pos, ko, vo, end)
-            if not spec.gswa:
-                return y
-            yw = par.cached_attention(q, q_pos, ko, vo, end, spec.window)
-            return par.mix(block.gate, q, y, yw)
-
-        return attend
-
-    def _batched_attend(self, b: int, kv: par.LoopKV, r: int, offset: int) -> Attend:
-        """Attention of one new token's r loops, stacked along the batch (loop-major)."""
-        block, spec, W = self.blocks[b], self.plan.parallel, self.plan.parallel.window
-
-        def attend(q, k, v, p):
-            q, k, v = (t.unflatten(0, (r, -1)) for t in (q, k, v))  # (r, B, nh, 1, hs)
-            k1, v1 = kv.first.extend(k[0], v[0])
-            y0 = F.scaled_dot_product_attention(q[0], k1, v1)  # sees every cached position
-            qs = q[1:]
-            own = [c.extend(k[i], v[i]) if c is not None else None
-                   for i, c in enumerate(kv.later, start=1)]
-            if spec.shared_kv:
-                # All later loops query the first loop's keys: r-1 queries per head, one call.
-                qg = qs.squeeze(3).permute(1, 2, 0, 3)  # (B, nh, r-1, hs)
-                yg = F.scaled_dot_product_attention(qg, k1, v1).permute(2, 0, 1, 3).unsqueeze(3)
-            else:
-                yg = torch.stack([F.scaled_dot_product_attention(qs[i], *own[i])  # type: ignore[misc]
-                                  for i in range(r - 1)])
-            if spec.gswa:
-                # Every later loop has seen the same positions: its last W keys, one call.
-                kw = torch.cat([o[0][:, :, -W:] for o in own])  # type: ignore[index]
-                vw = torch.cat([o[1][:, :, -W:] for o in own])  # type: ignore[index]
-                qf = qs.flatten(0, 1)
-                yw = F.scaled_dot_product_attention(qf, kw, vw)
-                yg = par.mix(block.gate, qf, yg.flatten(0, 1), yw).unflatten(0, (r - 1, -1))
-            return torch.cat([y0[None], yg]).flatten(0, 1)
-
-        return attend
+        return self.walk.decode(self, x, offset, cache, self.plan.loops if loops is None else loops)
 
 
 def _key(a: int, b: int) -> str:
