@@ -26,110 +26,19 @@ or per-sequence (bidirectional) adaptive exit, for evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lab.errors import ConfigError
-from lab.model import parallel as par
-from lab.model import serial
+from lab.model.blocks import Block, Resize, StackOutput
 from lab.model.plan import EMBED, StackPlan
-
-# attend(q, k, v, dropout_p) -> y, all (B, nh, T, hs): replaces a block's self-attention.
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+from lab.model.walks import parallel as parallel_walk
+from lab.model.walks import serial
 
 # The loop modes: each walk module provides trace(), new_cache() and decode() for a Stack.
-LOOP_MODES = {"serial": serial, "parallel": par}
-
-
-class Block(nn.Module):
-    def __init__(self, width: int, hidden: int, n_heads: int, causal: bool, dropout: float = 0.0,
-                 gated: bool = False):
-        super().__init__()
-        self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
-        self.ln1 = nn.LayerNorm(width)
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
-        self.proj = nn.Linear(width, width, bias=False)
-        self.ln2 = nn.LayerNorm(width)
-        self.fc = nn.Linear(width, hidden, bias=False)
-        self.out = nn.Linear(hidden, width, bias=False)
-        # G-SWA gate of a core block in parallel mode (lab.model.parallel).
-        self.gate = par.Gate(n_heads, width // n_heads) if gated else None
-
-    def attention(self, x: torch.Tensor, cache: KVCache | None = None,
-                  attend: Attend | None = None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
-        # q, k, v: (B, nh, T, hs)
-        p = self.dropout if self.training else 0.0
-        if attend is not None:
-            y = attend(q, k, v, p)
-        else:
-            mask, causal = None, self.causal
-            if cache is not None:
-                k, v = cache.append(k, v)
-                # Decoding: the new positions see every cached position and each other
-                # causally. is_causal aligns the mask top-left, which is only right when
-                # nothing was cached before this chunk; otherwise align it bottom-right.
-                past = k.shape[2] - T
-                causal = self.causal and T > 1 and past == 0
-                if self.causal and T > 1 and past > 0:
-                    mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                               dropout_p=p)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # y: (B, nh, T, hs)
-
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                attend: Attend | None = None) -> torch.Tensor:
-        x = x + F.dropout(self.attention(self.ln1(x), cache, attend), self.dropout, self.training)
-        h = self.out(F.gelu(self.fc(self.ln2(x))))
-        return x + F.dropout(h, self.dropout, self.training)
-
-
-class Resize(nn.Module):
-    """Change the residual width: learned linear map, or truncate / zero-pad."""
-
-    def __init__(self, d_in: int, d_out: int, mode: str):
-        super().__init__()
-        self.d_in, self.d_out, self.mode = d_in, d_out, mode
-        self.map = nn.Linear(d_in, d_out, bias=False) if mode == "linear" else None
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.map is not None:
-            return self.map(h)
-        if self.d_out < self.d_in:
-            return h[..., : self.d_out]
-        return F.pad(h, (0, self.d_out - self.d_in))
-
-
-@dataclass
-class KVCache:
-    """Keys and values of one executed block, (B, nh, T, hs) each."""
-
-    k: torch.Tensor | None = None
-    v: torch.Tensor | None = None
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        return self.k, self.v
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
-
-
-@dataclass
-class StackOutput:
-    logits: torch.Tensor  # (B, T, V)
-    # Hidden states at each boundary: before the first loop / after the embedding, then after
-    # every loop (looped) or every layer (single-pass). Widths may differ between entries.
-    states: list[torch.Tensor] = field(default_factory=list)
-    # Logits read out after every loop / layer; readouts[-1] is logits.
-    readouts: list[torch.Tensor] = field(default_factory=list)
-    # Whether each readout carries gradient (truncated BPTT runs early loops without it).
-    grad: list[bool] = field(default_factory=list)
+LOOP_MODES = {"serial": serial, "parallel": parallel_walk}
 
 
 class Stack(nn.Module):

@@ -10,15 +10,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lab.model.blocks import KVCache, StackOutput
 from lab.model.plan import EMBED
 
 if TYPE_CHECKING:
-    from lab.model.stack import Stack, StackOutput
+    from lab.model.stack import Stack
 
 
 def trace(m: Stack, x: torch.Tensor, r: int, keep: bool, bptt: int | None) -> StackOutput:
-    from lab.model.stack import StackOutput
-
     plan = m.plan
     out = StackOutput(logits=None)  # type: ignore[arg-type]
     h = m.embed_tokens(x)
@@ -50,8 +49,6 @@ def trace(m: Stack, x: torch.Tensor, r: int, keep: bool, bptt: int | None) -> St
 
 def new_cache(m: Stack, r: int) -> list:
     """One KV cache per executed block: serial looping keeps one per pass."""
-    from lab.model.stack import KVCache
-
     return [KVCache() for _ in m.plan.order(r)]
 
 
