@@ -16,21 +16,9 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _fmt_int(n) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def run_table(rows: list[dict], title: str) -> Table:
+    from lab.report.fmt import fmt_int, pct
+
     table = Table(title=title, header_style="bold")
     for col, justify in (("config", "left"), ("family", "left"), ("plan", "left"),
                          ("params", "right"), ("depth", "right"), ("FLOPs/tok", "right"),
@@ -39,8 +27,8 @@ def run_table(rows: list[dict], title: str) -> Table:
         table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
         table.add_row(
-            r.get("config", ""), r["family"], r["plan"], _fmt_int(r["params"]),
-            str(r["depth"]), _fmt_int(r["flops"]), _pct(r.get("val")), _pct(r.get("ood")),
+            r.get("config", ""), r["family"], r["plan"], fmt_int(r["params"]),
+            str(r["depth"]), fmt_int(r["flops"]), pct(r.get("val")), pct(r.get("ood")),
             "-" if r.get("wall") is None else f"{r['wall']:.0f}s", r.get("run_dir", "-"),
         )
     return table
@@ -86,7 +74,7 @@ def cmd_check(args) -> int:
     from lab.config import load_config
     from lab.eval.cost import static_costs
     from lab.model import build_model, resolve
-    from lab.sweep import load_ablation
+    from lab.study.spec import load_ablation
     from lab.tasks import eval_set
 
     torch.set_num_threads(1)
@@ -116,9 +104,15 @@ def cmd_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from lab.sweep import run_sweep
+    from lab.report import print_results, write_report
+    from lab.study.run import run_sweep
+    from lab.study.spec import load_ablation
 
-    return run_sweep(args.ablation, args.overrides, workers=args.workers)
+    rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
+    if rc:
+        return rc
+    print_results(load_ablation(args.ablation, args.overrides))
+    return write_report(args.ablation, args.overrides or [], quiet=False)
 
 
 def cmd_report(args) -> int:

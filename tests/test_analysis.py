@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from lab.analysis import (
+from lab.stats import (
     SettingStats,
     TrialRecord,
+    VerdictOptions,
     best_per_cost,
-    betai,
     cheapest_within_best,
     compare_verdict,
     curve_verdict,
@@ -24,6 +24,8 @@ from lab.analysis import (
 # Fixed per-seed offsets: std 0.01 around each mean, so tight curves have known intervals.
 TIGHT = (-0.01, 0.0, 0.01)
 LOOPS = lambda s: f"{int(s.axis)} loops"
+# A minimized loss, differences printed in nats.
+NATS = VerdictOptions(direction="minimize", scale=1.0, unit="nats")
 
 
 def make(curve: dict[float, list[float]], group: str = "looped") -> list[SettingStats]:
@@ -92,13 +94,6 @@ def test_t_quantile_limits():
     assert t_quantile(0.975, 1e6) == pytest.approx(1.959966, abs=1e-5)
     with pytest.raises(ValueError):
         t_quantile(0.975, 0)
-
-
-def test_betai_closed_forms():
-    # I_x(1, 1) = x and I_x(a, 1) = x^a.
-    assert betai(1.0, 1.0, 0.3) == pytest.approx(0.3, abs=1e-14)
-    assert betai(2.5, 1.0, 0.7) == pytest.approx(0.7**2.5, abs=1e-14)
-    assert betai(3.0, 4.0, 0.0) == 0.0 and betai(3.0, 4.0, 1.0) == 1.0
 
 
 # --- intervals --------------------------------------------------------------------------------
@@ -249,7 +244,7 @@ def test_monotone_gains_do_not_level_off():
 
 def test_flat_at_chance():
     stats = make({a: [0.060, 0.0625, 0.065] for a in (1, 2, 3, 4)})
-    v = curve_verdict(stats, chance=0.0625, name=LOOPS)
+    v = curve_verdict(stats, VerdictOptions(chance=0.0625), name=LOOPS)
     assert not v.supported and not v.levelled_off
     assert "chance" in v.reason
     assert v.sentence.startswith("Every setting is at chance (+6.2 points")
@@ -277,7 +272,7 @@ def test_minimize_loss_levels_off():
     # Loss falls 2.0 -> 1.5 -> 1.2 then stays flat: improvement stops at 3 layers.
     stats = tight({1: 2.0, 2: 1.5, 3: 1.2, 4: 1.195, 5: 1.2})
     layers = lambda s: f"{s.axis:g} layers"
-    v = curve_verdict(stats, direction="minimize", scale=1.0, unit="nats", name=layers)
+    v = curve_verdict(stats, NATS, name=layers)
     assert v.supported and v.levelled_off
     assert v.saturation == "3 layers" and v.best == "4 layers"
     # Gains are improvements: a drop in loss is positive.
@@ -292,9 +287,9 @@ def test_minimize_loss_levels_off():
 
 def test_minimize_monotone_and_regression():
     stats = tight({1: 2.0, 2: 1.5, 3: 1.0})
-    assert not curve_verdict(stats, direction="minimize").levelled_off
+    assert not curve_verdict(stats, VerdictOptions(direction="minimize")).levelled_off
     stats = tight({1: 2.0, 2: 1.0, 3: 1.5})
-    v = curve_verdict(stats, direction="minimize", name=LOOPS)
+    v = curve_verdict(stats, VerdictOptions(direction="minimize"), name=LOOPS)
     assert v.best == "2 loops" and v.regressions == ["3 loops"]
 
 
@@ -303,7 +298,7 @@ def test_min_gain_changes_saturation():
     # not a 5 point one.
     stats = tight({1: 0.4, 2: 0.8, 3: 0.85})
     assert curve_verdict(stats, name=LOOPS).saturation is None
-    assert curve_verdict(stats, min_gain=0.05, name=LOOPS).saturation == "2 loops"
+    assert curve_verdict(stats, VerdictOptions(min_gain=0.05), name=LOOPS).saturation == "2 loops"
 
 
 # --- compare verdicts -------------------------------------------------------------------------
@@ -345,7 +340,7 @@ def test_compare_none_significant():
 
 def test_compare_reference_best_and_minimize():
     stats = _profiles({"uniform": 1.0, "wide_middle": 1.2, "wide_ends": 1.0})
-    v = compare_verdict(stats, "uniform", direction="minimize", scale=1.0, unit="nats")
+    v = compare_verdict(stats, "uniform", NATS)
     assert v.best in {"uniform", "wide_ends"}
     assert v.diffs["wide_middle"][0] == pytest.approx(-0.2)
     assert "wide_middle is worse than uniform" in v.sentence
@@ -355,7 +350,7 @@ def test_compare_reference_best_and_minimize():
 
 def test_compare_refuses_at_chance_and_thin():
     stats = _profiles({"uniform": 0.25, "wide": 0.25}, spread=0.001)
-    assert compare_verdict(stats, "uniform", chance=0.25).reason == "at chance"
+    assert compare_verdict(stats, "uniform", VerdictOptions(chance=0.25)).reason == "at chance"
     thin = summarize([TrialRecord(0, "uniform", 0, "COMPLETE", 0.5, {}),
                       TrialRecord(1, "wide", 0, "COMPLETE", 0.9, {})])  # fmt: skip
     assert compare_verdict(thin, "uniform").reason == "not enough seeds"

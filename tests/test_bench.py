@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lab.bench import SECTIONS, interleave, run_bench, summary
+from lab.bench import REGISTRY, SECTIONS, interleave, render, run_bench, summary
 
 
 def _stats(node, path=""):
@@ -26,6 +26,18 @@ def test_summary_and_interleave_order():
     assert out == {"a": [1.0] * 3, "b": [2.0] * 3}
     s = summary([3.0, 1.0, 2.0])
     assert (s["min"], s["median"], s["max"], s["n"]) == (1.0, 2.0, 3.0, 3)
+
+
+def test_registry_renders_every_section_in_order():
+    assert SECTIONS == ("harness", "utilisation", "looping", "data", "sweep", "compile")
+    for name, section in REGISTRY.items():
+        assert callable(section.run), name
+        assert section.render({"error": "boom"})[:3] == [section.TITLE, "", "This section failed: `boom`"]
+    results = {"command": "lab bench", "quick": True, "total_time_s": 0.0, "section_time_s": {},
+               "machine": {"cpu": "x", "cores": 1, "torch": "t", "lightning": "l", "python": "p"}}
+    report = render(results)
+    at = [report.index(section.TITLE) for section in REGISTRY.values()]
+    assert at == sorted(at) and report.count("This section failed: `not run`") == len(SECTIONS)
 
 
 def test_quick_bench_writes_all_sections(tmp_path):

@@ -118,7 +118,7 @@ def test_every_ablation_loads_and_every_setting_builds(path):
     import torch
 
     from lab.model import build_model, resolve
-    from lab.sweep import load_ablation
+    from lab.study.spec import load_ablation
     from lab.tasks import eval_set
 
     abl = load_ablation(path)

@@ -50,7 +50,7 @@ def imports(path: Path):
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
             if node.level:  # relative import
-                base = me.split(".")[: -node.level] if not path.name == "__init__.py" else \
+                base = me.split(".")[: -node.level] if path.name != "__init__.py" else \
                     me.split(".")[: len(me.split(".")) - node.level + 1]
                 mod = ".".join([*base, mod] if mod else base)
             yield mod, [a.name for a in node.names]

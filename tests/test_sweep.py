@@ -148,26 +148,24 @@ def test_killed_sweep_resumes_only_what_is_missing(sig):
 def test_worker_dead_inside_the_pop_is_reclaimed_by_its_claim():
     """A worker killed between Optuna's pop and its objective's first line leaves a RUNNING
     trial with no worker identity; the claim it stamped on the queued trial names it."""
-    from lab.sweep import (
-        CLAIM_ATTR,
-        create_or_load_study,
-        load_ablation,
-        queue_missing,
-        reclaim_dead_local_trials,
-        worker_identity,
-    )
+    from lab.study.attrs import CLAIM_ATTR
+    from lab.study.queue import queue_missing, reclaim_dead_local_trials, worker_identity
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
+    from lab.study.storage import open_storage, trial_id
 
     abl = load_ablation(TINY)
-    study = create_or_load_study(abl)
+    storage = open_storage(abl.storage)
+    study = create_or_load_study(abl, storage)
     queue_missing(study, abl)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     ident = {**worker_identity(), "pid": dead.pid, "start": None}
     first, second = study.get_trials(states=(TrialState.WAITING,))[:2]
     for t in (first, second):
-        study._storage.set_trial_user_attr(t._trial_id, CLAIM_ATTR, ident)
-    study._storage.set_trial_state_values(first._trial_id, state=TrialState.RUNNING)
-    assert reclaim_dead_local_trials(study) == [first.number]
+        storage.set_trial_user_attr(trial_id(storage, study, t.number), CLAIM_ATTR, ident)
+    storage.set_trial_state_values(trial_id(storage, study, first.number), state=TrialState.RUNNING)
+    assert reclaim_dead_local_trials(study, storage) == [first.number]
     t = study.trials[first.number]
     assert t.state == TrialState.FAIL and t.user_attrs["lab.fail_reason"].startswith("interrupted")
     assert study.trials[second.number].state == TrialState.WAITING  # claimed, never popped
@@ -335,7 +333,8 @@ def test_report_on_missing_study(capsys):
 
 
 def test_report_on_study_without_completed_trials(capsys):
-    from lab.sweep import create_or_load_study, load_ablation
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
 
     create_or_load_study(load_ablation(TINY))
     assert main(["report", str(TINY)]) == 2

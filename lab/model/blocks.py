@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.model import parallel as par
+from lab.model.parallel import Gate
 
 # attend(q, k, v, dropout_p) -> y, all (B, nh, T, hs): replaces a block's self-attention.
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -29,7 +29,7 @@ class Block(nn.Module):
         self.fc = nn.Linear(width, hidden, bias=False)
         self.out = nn.Linear(hidden, width, bias=False)
         # G-SWA gate of a core block in parallel mode (lab.model.parallel).
-        self.gate = par.Gate(n_heads, width // n_heads) if gated else None
+        self.gate = Gate(n_heads, width // n_heads) if gated else None
 
     def attention(self, x: torch.Tensor, cache: KVCache | None = None,
                   attend: Attend | None = None) -> torch.Tensor:

@@ -14,15 +14,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lab.report.figures.common import Figure, plt
+from lab.study.attrs import ADAPTIVE_ATTR, DIAGNOSTICS_ATTR, EXTRAPOLATION_ATTR
+
 if TYPE_CHECKING:
-    from lab.report import StudyAnalysis
+    from lab.report.study import StudyAnalysis
 
 
 def _series(records, key: str) -> dict[int, float]:
     """Mean over records of diagnostics '<key>/<i>', by index i."""
     acc: dict[int, list[float]] = defaultdict(list)
     for r in records:
-        for k, v in (r.attrs.get("diagnostics") or {}).items():
+        for k, v in (r.attrs.get(DIAGNOSTICS_ATTR) or {}).items():
             name, _, i = k.partition("/")
             if name == key and v is not None and math.isfinite(v):
                 acc[int(i)].append(v)
@@ -43,21 +46,21 @@ def _looped_group(sa: StudyAnalysis) -> str | None:
     for g, ss in sa.groups.items():
         for s in ss:
             recs = [r for r in sa.records if r.setting == s.setting and r.state == "COMPLETE"]
-            if any(r.attrs.get("extrapolation") for r in recs):
+            if any(r.attrs.get(EXTRAPOLATION_ATTR) for r in recs):
                 return g
     return None
 
 
-def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
-    from lab.report import _plt
-
-    figs: dict[str, str] = {}
+def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, Figure]:
+    """Figures by kind: "why", "extrapolate" and "adaptive" for looped studies, else
+    "readout" (depth studies); kinds without data are left out."""
+    figs: dict[str, Figure] = {}
     g = _looped_group(sa)
     if g is not None:
         rows = [(s, recs) for s, recs in _by_setting(sa, g) if s.axis and s.axis > 1]
         if rows:
-            plt = _plt()
-            fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.7))
+            pyplot = plt()
+            fig, axes = pyplot.subplots(1, 3, figsize=(12.5, 3.7))
             for j, (s, recs) in enumerate(rows):
                 color = f"C{j}"
                 for ax, key, scale in ((axes[0], "readout_acc", 100), (axes[1], "update_norm", 1),
@@ -80,14 +83,13 @@ def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
             fig.suptitle("inside the loop (validation set, mean over seeds)", fontsize=10)
             fig.tight_layout()
             fig.savefig(out / "why.png")
-            plt.close(fig)
-            figs["why"] = "why.png"
-            figs["why_text"] = _why_text(sa, rows)
+            pyplot.close(fig)
+            figs["why"] = Figure("why.png", _why_text(sa, rows))
         curves = []
         for s, recs in _by_setting(sa, g):
             per_split: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
             for r in recs:
-                for split, curve in (r.attrs.get("extrapolation") or {}).items():
+                for split, curve in (r.attrs.get(EXTRAPOLATION_ATTR) or {}).items():
                     for k, v in curve.items():
                         if v is not None:
                             per_split[split][int(k)].append(v)
@@ -95,8 +97,8 @@ def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
                 curves.append((s, {sp: {k: sum(v) / len(v) for k, v in sorted(c.items())}
                                    for sp, c in per_split.items()}))
         if curves:
-            plt = _plt()
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.7), sharey=True)
+            pyplot = plt()
+            fig, axes = pyplot.subplots(1, 2, figsize=(10, 3.7), sharey=True)
             for j, (s, c) in enumerate(curves):
                 for ax, split in zip(axes, ("val", "ood"), strict=True):
                     if split in c:
@@ -114,49 +116,48 @@ def diagnostic_figures(sa: StudyAnalysis, out: Path) -> dict[str, str]:
                          fontsize=10)
             fig.tight_layout()
             fig.savefig(out / "extrapolate.png")
-            plt.close(fig)
-            figs["extrapolate"] = "extrapolate.png"
-            figs["extrapolate_text"] = _extrapolate_text(curves)
-        figs.update(_adaptive_figure(sa, out))
+            pyplot.close(fig)
+            figs["extrapolate"] = Figure("extrapolate.png", _extrapolate_text(curves))
+        adaptive = _adaptive_figure(sa, out)
+        if adaptive:
+            figs["adaptive"] = adaptive
     else:
-        fig = _readout_figure(sa, out)
-        if fig:
-            figs.update(fig)
+        readout = _readout_figure(sa, out)
+        if readout:
+            figs["readout"] = readout
     return figs
 
 
-def _adaptive_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
+def _adaptive_figure(sa: StudyAnalysis, out: Path) -> Figure | None:
     """Adaptive exit: accuracy vs mean loops used, beside the fixed loop-count curve.
 
     Uses the serial looped setting with the most loops that recorded adaptive-exit curves;
     rows are averaged over seeds threshold by threshold.
     """
-    from lab.report import _plt
-
     cands = []
     for g in sa.groups:
         for s, recs in _by_setting(sa, g):
-            recs = [r for r in recs if r.attrs.get("adaptive")]
+            recs = [r for r in recs if r.attrs.get(ADAPTIVE_ATTR)]
             if recs and s.axis:
                 cands.append((s, recs))
     if not cands:
-        return {}
+        return None
     s, recs = max(cands, key=lambda c: c[0].axis)
     r = int(s.axis)
     curves: dict[str, list[tuple[float, float, float]]] = {}
-    for crit in recs[0].attrs["adaptive"]:
-        rows = [rec.attrs["adaptive"][crit] for rec in recs if crit in rec.attrs["adaptive"]]
+    for crit in recs[0].attrs[ADAPTIVE_ATTR]:
+        rows = [rec.attrs[ADAPTIVE_ATTR][crit] for rec in recs if crit in rec.attrs[ADAPTIVE_ATTR]]
         n = min(len(x) for x in rows)
         curves[crit] = [(rows[0][i]["threshold"],
                          sum(x[i]["mean_loops"] for x in rows) / len(rows),
                          sum(x[i]["acc_token"] for x in rows) / len(rows)) for i in range(n)]
     fixed: dict[int, list[float]] = defaultdict(list)
     for rec in recs:
-        for k, v in ((rec.attrs.get("extrapolation") or {}).get("val") or {}).items():
+        for k, v in ((rec.attrs.get(EXTRAPOLATION_ATTR) or {}).get("val") or {}).items():
             if int(k) <= r and v is not None:
                 fixed[int(k)].append(v)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(6.4, 4.0))
     if fixed:
         ks = sorted(fixed)
         ax.plot(ks, [100 * sum(fixed[k]) / len(fixed[k]) for k in ks], "-o", color="k", ms=4,
@@ -171,7 +172,7 @@ def _adaptive_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "adaptive.png")
-    plt.close(fig)
+    pyplot.close(fig)
     full = sum(fixed[r]) / len(fixed[r]) if fixed.get(r) else None
     bits = []
     for crit, rows in curves.items():
@@ -186,7 +187,7 @@ def _adaptive_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
             "sequence stops looping once its update norm or readout KL falls below a "
             "threshold, up to r loops; one point per threshold. "
             + (("; ".join(bits) + ".")[0].upper() + ("; ".join(bits) + ".")[1:] if bits else ""))
-    return {"adaptive": "adaptive.png", "adaptive_text": text}
+    return Figure("adaptive.png", text)
 
 
 def _why_text(sa: StudyAnalysis, rows) -> str:
@@ -235,24 +236,22 @@ def _extrapolate_text(curves) -> str:
             "splits). " + ("; ".join(parts) + "." if parts else ""))
 
 
-def _readout_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
+def _readout_figure(sa: StudyAnalysis, out: Path) -> Figure | None:
     """Depth studies: per-layer readout of the deepest model beside the across-model curve."""
-    from lab.report import _plt
-
     groups = [g for g in sa.groups if sa.ordered(g)]
     if not groups:
-        return {}
+        return None
     g = groups[0]
     ss = [s for s in sa.groups[g] if s.n]
     if len(ss) < 2:
-        return {}
+        return None
     deepest = max(ss, key=lambda s: s.axis)
     recs = [r for r in sa.records if r.setting == deepest.setting and r.state == "COMPLETE"]
     inner = _series(recs, "readout_acc")
     if not inner:
-        return {}
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        return None
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(6.4, 4.0))
     ax.plot([s.axis for s in ss], [100 * s.mean for s in ss], "-o", ms=4,
             label="across models: L-layer model's accuracy")
     ax.plot(list(inner), [100 * v for v in inner.values()], "-s", ms=4,
@@ -264,8 +263,8 @@ def _readout_figure(sa: StudyAnalysis, out: Path) -> dict[str, str]:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "readout.png")
-    plt.close(fig)
+    pyplot.close(fig)
     text = ("The per-layer readout (final norm and head applied to the residual stream after "
             f"each layer, a logit lens) of the {int(deepest.axis)}-layer model, mean over "
             "seeds, beside the accuracy of models of each depth.")
-    return {"readout": "readout.png", "readout_text": text}
+    return Figure("readout.png", text)

@@ -1,0 +1,31 @@
+"""The report's figures, one module per family; :func:`report_figures` draws them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lab.report.figures.common import MARKERS, Figure, integer_axis, obj_label, plt
+from lab.report.figures.cost import COST_PANELS, fig_cost
+from lab.report.figures.curves import fig_axis, fig_categories
+from lab.report.figures.diagnostics import diagnostic_figures
+
+if TYPE_CHECKING:
+    from lab.report.study import StudyAnalysis
+
+__all__ = ["COST_PANELS", "MARKERS", "Figure", "diagnostic_figures", "fig_axis",
+           "fig_categories", "fig_cost", "integer_axis", "obj_label", "plt", "report_figures"]
+
+
+def report_figures(sa: StudyAnalysis, out: Path) -> dict[str, Figure]:
+    """Draw every figure the study has data for into `out`, by kind: "axis" (objective),
+    "cost", and the diagnostics kinds (see diagnostic_figures)."""
+    figures: dict[str, Figure] = {}
+    axis = fig_axis(sa, out / "objective.png")
+    if axis:
+        figures["axis"] = axis
+    cost = fig_cost(sa, out / "cost.png")
+    if cost:
+        figures["cost"] = cost
+    figures.update(diagnostic_figures(sa, out))
+    return figures

@@ -1,0 +1,99 @@
+"""The lab's number formatters: counts, bytes, times, objectives, intervals, percentages.
+
+Used by the report (markdown and console tables) and the CLI tables. Every formatter writes
+"-" for a missing value (None, and nan where noted).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lab.stats import SettingStats
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and not math.isfinite(x))
+
+
+def fmt_num(x: Any, unit: str = "") -> str:
+    """1234567 -> '1.23M'; small numbers keep two decimals unless whole or >= 10; nan -> '-'."""
+    if _missing(x):
+        return "-"
+    x = float(x)
+    for suffix, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{suffix}{unit}"
+    return f"{x:.0f}{unit}" if abs(x) >= 10 or x == int(x) else f"{x:.2f}{unit}"
+
+
+def fmt_int(n: Any) -> str:
+    """Like fmt_num, but below 1000 rounded to a whole number (parameter and FLOP counts)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def fmt_bytes(x: Any) -> str:
+    """Binary units: '1.5 KiB', '3.0 MiB'; nan -> '-'."""
+    if _missing(x):
+        return "-"
+    x = float(x)
+    for suffix, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if x >= div:
+            return f"{x / div:.1f} {suffix}"
+    return f"{x:.0f} B"
+
+
+def fmt_time(s: Any) -> str:
+    """Seconds as '12 us', '3.40 ms' or '1.2 s'; nan -> '-'."""
+    if _missing(s):
+        return "-"
+    s = float(s)
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.1f} s"
+
+
+def pct(x: Any) -> str:
+    """A fraction as a percentage with one decimal: 0.4213 -> '42.1%'."""
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def fmt_obj(x: float | None, objective: str) -> str:
+    """An objective value: accuracies as percentages, anything else with four decimals."""
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{100 * x:.1f}%" if "acc" in objective else f"{x:.4f}"
+
+
+def fmt_ci(s: SettingStats, objective: str) -> str:
+    """'42.1% ± 3.2' (half-width of the interval, in points for accuracies), or '(n=1)'."""
+    if s.n == 0:
+        return "-"
+    if s.n < 2 or not math.isfinite(s.ci_low):
+        return f"{fmt_obj(s.mean, objective)} (n=1)"
+    scale = 100 if "acc" in objective else 1
+    half = (s.ci_high - s.ci_low) / 2 * scale
+    return f"{fmt_obj(s.mean, objective)} ± {half:.1f}" if scale == 100 else \
+        f"{fmt_obj(s.mean, objective)} ± {half:.4f}"
+
+
+def fmt_diff(d: float, lo: float, hi: float, scale: float) -> str:
+    """A signed difference with its interval: '+1.2 (-0.3 to +2.7)'."""
+    if not math.isfinite(d):
+        return "-"
+    if not math.isfinite(lo):
+        return f"{d * scale:+.1f}"
+    return f"{d * scale:+.1f} ({lo * scale:+.1f} to {hi * scale:+.1f})"
+
+
+def setting_label(s: SettingStats) -> str:
+    """A setting's label, prefixed by its arm unless the label already starts with it."""
+    return f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(s.group) else s.setting

@@ -1,0 +1,267 @@
+"""One study, analysed: its trials as records, per-setting statistics, verdicts, arm comparison.
+
+Everything is read from the study storage: study attributes and trial attributes through the
+names of :mod:`lab.study.attrs`, trial states and values through Optuna's public API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from lab.stats import (
+    CompareVerdict,
+    CurveVerdict,
+    SettingStats,
+    TrialRecord,
+    VerdictOptions,
+    compare_verdict,
+    curve_verdict,
+    diff_ci,
+    summarize,
+)
+from lab.study.attrs import (
+    ABLATION_ATTR,
+    ADAPTIVE_ATTR,
+    AXIS_ATTR,
+    BASE_CONFIG_ATTR,
+    DIAGNOSTICS_ATTR,
+    EXTRAPOLATION_ATTR,
+    FAIL_ATTR,
+    GIT_ATTR,
+    GROUP_ATTR,
+    METRICS_ATTR,
+    SETTING_ATTR,
+    SPURIOUS_ATTR,
+    TASK_ATTR,
+    THREADS_ATTR,
+    is_done,
+    trial_pair,
+)
+
+if TYPE_CHECKING:
+    from lab.study.spec import Ablation
+
+COST_KEYS = ("params", "effective_depth", "flops_per_token", "train_flops_per_token",
+             "latency_s_per_token", "kv_bytes_per_token", "train_tokens_per_s",
+             "train_step_peak_bytes", "wall_time_s")
+# The other trial attributes a record carries. Every number among a record's attrs is averaged
+# into its setting's costs (lab.stats.summarize), so counters such as "steps" stay out.
+RECORD_ATTRS = (FAIL_ATTR, METRICS_ATTR, DIAGNOSTICS_ATTR, EXTRAPOLATION_ATTR, ADAPTIVE_ATTR,
+                GIT_ATTR, THREADS_ATTR, "plan", "widths", "mlp_hidden", "latency_mode", "run_dir")
+AXIS_NOUNS = {"model.loops": ("loop", "loops"), "model.n_layers": ("layer", "layers"),
+              "model.eval_loops": ("loop", "loops")}
+
+
+def trial_records(study) -> tuple[list[TrialRecord], dict[str, int]]:
+    """Records for analysis, and counts of attempts that do not enter it.
+
+    A failed attempt whose pair was later completed (an interrupted trial that was re-run)
+    is not a failure of the setting; it is counted under "retried".
+    """
+    from optuna.trial import TrialState
+
+    kept = set(COST_KEYS) | set(RECORD_ATTRS)
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.params and not t.user_attrs.get(SPURIOUS_ATTR)]
+    done_pairs = {trial_pair(t) for t in trials if is_done(t)}
+    notes = {"retried": 0, "running": 0}
+    records = []
+    for t in trials:
+        if t.state == TrialState.FAIL and not is_done(t) and trial_pair(t) in done_pairs:
+            notes["retried"] += 1
+            continue
+        if t.state in (TrialState.RUNNING, TrialState.WAITING):
+            notes["running"] += 1
+        records.append(TrialRecord(
+            number=t.number,
+            setting=t.user_attrs.get(SETTING_ATTR, "?"),
+            seed=int(t.params.get("seed", 0)),
+            state=t.state.name,
+            value=t.value if t.state == TrialState.COMPLETE else None,
+            attrs={k: v for k, v in t.user_attrs.items() if k in kept},
+            axis=t.user_attrs.get(AXIS_ATTR),
+            group=t.user_attrs.get(GROUP_ATTR, ""),
+        ))
+    return records, notes
+
+
+def objective_scale(objective: str) -> tuple[float, str]:
+    """(scale, unit) of differences in sentences: accuracies in points, others as they are."""
+    return (100.0, "points") if "acc" in objective else (1.0, "")
+
+
+def axis_key(abl_meta: dict, group: str) -> str | None:
+    axis = abl_meta.get("axis") or {}
+    return axis.get(group) or axis.get("")
+
+
+def axis_namer(key: str | None):
+    """A setting's name on its axis ("2 loops"), or its label off any known axis."""
+    singular, plural = AXIS_NOUNS.get(key or "", (None, None))
+
+    def name(s: SettingStats) -> str:
+        if s.axis is None or singular is None:
+            return s.setting
+        n = int(s.axis) if float(s.axis).is_integer() else s.axis
+        return f"{n} {singular if n == 1 else plural}"
+
+    return name
+
+
+class StudyAnalysis:
+    def __init__(self, abl: Ablation, study):
+        self.abl, self.study = abl, study
+        self.meta = study.user_attrs.get(ABLATION_ATTR, {})
+        self.task = study.user_attrs.get(TASK_ATTR, {})
+        self.base = study.user_attrs.get(BASE_CONFIG_ATTR, {})
+        opts = {**self.meta.get("analysis", {}), **abl.analysis}
+        self.confidence = float(opts.get("confidence", 0.95))
+        self.min_gain = float(opts.get("min_gain", 0.01))
+        self.primary = opts.get("primary")
+        self.reference = opts.get("reference")
+        self.objective = self.meta.get("objective", abl.objective)
+        self.direction = self.meta.get("direction", abl.direction)
+        self.scale, self.unit = objective_scale(self.objective)
+        self.chance = self.task.get("chance") if "acc" in self.objective else None
+        self.records, self.notes = trial_records(study)
+        self.stats = summarize(self.records, confidence=self.confidence)
+        self.groups: dict[str, list[SettingStats]] = defaultdict(list)
+        for s in self.stats:
+            self.groups[s.group].append(s)
+
+    @property
+    def n_complete(self) -> int:
+        return sum(s.n for s in self.stats)
+
+    @property
+    def verdict_options(self) -> VerdictOptions:
+        return VerdictOptions(direction=self.direction, confidence=self.confidence,
+                              min_gain=self.min_gain, chance=self.chance, scale=self.scale,
+                              unit=self.unit)
+
+    def ordered(self, group: str) -> bool:
+        ss = self.groups[group]
+        return bool(ss) and all(s.axis is not None for s in ss) and len(ss) > 1
+
+    def primary_group(self) -> str:
+        if self.primary in self.groups:
+            return self.primary
+        return next(iter(self.groups))
+
+    def verdicts(self) -> list[tuple[str, CurveVerdict | CompareVerdict]]:
+        """(group, verdict) for every arm: a curve verdict on ordered arms, else a comparison."""
+        out: list[tuple[str, CurveVerdict | CompareVerdict]] = []
+        opts = self.verdict_options
+        groups = [self.primary_group()] + [g for g in self.groups if g != self.primary_group()]
+        for g in groups:
+            ss = [s for s in self.groups[g] if s.n > 0] or self.groups[g]
+            if self.ordered(g):
+                v: CurveVerdict | CompareVerdict = curve_verdict(
+                    ss, opts, name=axis_namer(axis_key(self.meta, g)))
+            elif len(ss) > 1:
+                ref = self.reference if self.reference in {s.setting for s in ss} else ss[0].setting
+                v = compare_verdict(ss, ref, opts)
+            else:
+                continue
+            out.append((g, v))
+        return out
+
+    def matched_depth(self) -> list[dict]:
+        """Across arms: each setting against the other arm's setting of equal effective depth."""
+        if len(self.groups) < 2:
+            return []
+        g0 = self.primary_group()
+        rows = []
+        for other in (g for g in self.groups if g != g0):
+            by_depth = {s.costs.get("effective_depth"): s for s in self.groups[other] if s.n}
+            for s in self.groups[g0]:
+                o = by_depth.get(s.costs.get("effective_depth"))
+                if o is None or not s.n:
+                    continue
+                diff, lo, hi = diff_ci(o.values, s.values, self.confidence)
+                rows.append({"setting": s.setting, "other": o.setting, "group": g0,
+                             "other_group": other, "name": axis_namer(axis_key(self.meta, g0))(s),
+                             "depth": s.costs.get("effective_depth"), "diff": diff, "low": lo,
+                             "high": hi, "params": s.costs.get("params"),
+                             "other_params": o.costs.get("params"),
+                             "latency_ratio": _ratio(s.costs, o.costs, "latency_s_per_token"),
+                             "kv_ratio": _ratio(s.costs, o.costs, "kv_bytes_per_token")})
+        return rows
+
+    def arm_sentence(self) -> str | None:
+        """One sentence comparing the primary arm with the other at equal effective depth."""
+        rows = self.matched_depth()
+        if not rows:
+            return None
+        conf = int(self.confidence * 100)
+        g0, g1 = rows[0]["group"], rows[0]["other_group"]
+        fin = [r for r in rows if math.isfinite(r["high"])]
+        better = [r for r in fin if r["low"] > 0]
+        same = [r for r in fin if r["low"] <= 0 <= r["high"]]
+        worse = [r for r in fin if r["high"] < 0]
+        unknown = [r for r in rows if not math.isfinite(r["high"])]
+        ok = better + same
+
+        def gap(rs, pick):
+            w = pick(rs, key=lambda r: r["diff"])
+            at = f" at {w['name']}" if len(rs) > 1 else ""
+            return (f"{w['diff'] * self.scale:+.1f} {self.unit}{at}, CI "
+                    f"{w['low'] * self.scale:+.1f} to {w['high'] * self.scale:+.1f}")
+
+        parts = []
+        if better:
+            parts.append(f"{g0} is significantly better than {g1} at "
+                         + ", ".join(r["name"] for r in better)
+                         + f" ({'up to ' if len(better) > 1 else ''}{gap(better, max)})")
+        if same:
+            parts.append(("and " if better else f"{g0} ") + f"keeps the accuracy of {g1} within "
+                         f"the {conf}% CI at " + ", ".join(r["name"] for r in same))
+        if worse:
+            parts.append(f"{'and ' if ok else g0 + ' '}is significantly worse at "
+                         + ", ".join(r["name"] for r in worse) + f" (largest gap {gap(worse, min)})")
+        if unknown and not (ok or worse):
+            return None
+        last = rows[-1]
+        costs = []
+        if last["latency_ratio"] is not None:
+            costs.append(f"{last['latency_ratio']:.2f}x the latency per token")
+        if last["kv_ratio"] is not None:
+            costs.append(f"{last['kv_ratio']:.2f}x the KV bytes per token")
+        if last["params"] and last["other_params"]:
+            costs.append(f"{last['params'] / last['other_params']:.2f}x the unique parameters")
+        sentence = " ".join(parts)
+        if costs:
+            sentence += f"; at {last['name']} it needs " + ", ".join(costs) + f" of {g1}"
+        return sentence + "."
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers behind the report, as written to summary.json."""
+        return {
+            "study": self.abl.study,
+            "objective": self.objective,
+            "direction": self.direction,
+            "confidence": self.confidence,
+            "interval": "Student t (Welch for differences)",
+            "settings": [
+                {"setting": s.setting, "group": s.group, "axis": s.axis, "n": s.n,
+                 "n_pruned": s.n_pruned, "n_failed": s.n_failed, "mean": _finite(s.mean),
+                 "std": _finite(s.std), "ci_low": _finite(s.ci_low),
+                 "ci_high": _finite(s.ci_high), "values": s.values, "seeds": s.seeds,
+                 "costs": s.costs}
+                for s in self.stats
+            ],
+            "verdicts": {g: v.sentence for g, v in self.verdicts()},
+            "arms": self.arm_sentence(),
+            "notes": self.notes,
+        }
+
+
+def _ratio(a: dict, b: dict, key: str) -> float | None:
+    x, y = a.get(key), b.get(key)
+    return x / y if x is not None and y else None
+
+
+def _finite(x: float) -> float | None:
+    return x if isinstance(x, int | float) and math.isfinite(x) else None

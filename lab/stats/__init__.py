@@ -1,0 +1,80 @@
+"""Statistics over study trials: per-setting summaries, confidence intervals, verdicts and cost
+trade-offs. Pure computation on :class:`TrialRecord` / :class:`SettingStats`: nothing here reads
+a study or writes a report.
+
+Method (quoted in reports):
+
+* Each setting is summarized over its COMPLETE trials only, one trial per seed (when two
+  completed trials share a setting and seed, the one with the lowest trial number is kept).
+  The mean is given with a two-sided Student-t confidence interval,
+  mean +/- t(1 - alpha/2, n - 1) * s / sqrt(n), with s the sample standard deviation
+  (ddof = 1). With fewer than 2 completed seeds there is no interval.
+* A difference between two settings A and B is mean(B) - mean(A) with Welch's t-interval:
+  se = sqrt(s_A^2/n_A + s_B^2/n_B), df by Welch-Satterthwaite,
+  df = se^4 / ((s_A^2/n_A)^2/(n_A - 1) + (s_B^2/n_B)^2/(n_B - 1)). If both samples have zero
+  variance the interval is the point itself.
+* Verdicts orient every difference in the direction of improvement (for a minimized
+  objective, a decrease counts as positive), so a positive difference is always better.
+  Two settings "differ significantly" when the interval of their difference excludes 0.
+* Marginal gain: the difference from each setting on the ordered axis to the next one.
+* Saturation point: the smallest setting j such that no later setting k > j is better than j
+  by a margin whose whole confidence interval lies above the minimum gain, i.e.
+  low(diff(j, k)) > min_gain holds for no k > j. If only the last setting satisfies this
+  (which happens exactly when the step into it has low > min_gain), the curve has not
+  levelled off within the range.
+* Best setting: the one with the best mean. Regression: a setting after the best one whose
+  difference to the best has its whole confidence interval below 0 (significantly worse).
+* No verdict is given when (a) some setting has fewer than 2 completed trials, (b) every
+  setting is at chance (when a chance level is given: for a maximized objective, every
+  setting's upper confidence bound is below chance + min_gain; mirrored when minimized),
+  or (c) no pair of settings differs significantly (every pairwise interval contains 0).
+* The knee point (Kneedle: both axes normalized so the first point maps to (0, 0) and the
+  last to (1, 1); the knee is the interior point farthest above that chord) is a second
+  opinion only, never the verdict.
+
+Student-t quantiles come from ``scipy.stats.t.ppf``.
+"""
+
+from lab.stats.intervals import diff_ci, mean_ci, t_quantile, welch_df
+from lab.stats.summary import (
+    COUNTED_STATES,
+    SettingStats,
+    TrialRecord,
+    best_index,
+    direction_sign,
+    summarize,
+)
+from lab.stats.tradeoffs import best_per_cost, cheapest_within_best, knee_point, pareto_front
+from lab.stats.verdicts import (
+    CompareVerdict,
+    CurveVerdict,
+    Gain,
+    VerdictOptions,
+    compare_verdict,
+    curve_verdict,
+    improvement,
+)
+
+__all__ = [
+    "COUNTED_STATES",
+    "CompareVerdict",
+    "CurveVerdict",
+    "Gain",
+    "SettingStats",
+    "TrialRecord",
+    "VerdictOptions",
+    "best_index",
+    "best_per_cost",
+    "cheapest_within_best",
+    "compare_verdict",
+    "curve_verdict",
+    "diff_ci",
+    "direction_sign",
+    "improvement",
+    "knee_point",
+    "mean_ci",
+    "pareto_front",
+    "summarize",
+    "t_quantile",
+    "welch_df",
+]

@@ -1,0 +1,94 @@
+"""Every name a study stores, and the trial <-> (setting, seed) mapping, in one place.
+
+Anything that reads a study (the report, the export, a user's notebook, optuna-dashboard)
+relies on these names; they are part of the lab's storage format, so existing studies keep
+loading only while they stay the same.
+
+Trial parameters are the swept config keys (dotted, e.g. ``model.loops``) plus ``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# Trial user attributes set by the lab.
+WORKER_ATTR = "lab.worker"  # {host, pid, start} of the worker process running the trial
+CLAIM_ATTR = "lab.claimed_by"  # set on a queued trial by the worker about to pop it
+SETTING_ATTR = "lab.setting"  # the setting's label
+GROUP_ATTR = "lab.group"  # the arm (value of an arm-opening choice), "" if none
+AXIS_ATTR = "lab.axis"  # the setting's value on its arm's axis key
+FAIL_ATTR = "lab.fail_reason"  # why the trial failed; None once it ends otherwise
+PAIR_ATTR = "lab.pair"  # the (setting, seed) pair, as recorded when queued
+QUEUED_ATTR = "lab.queued"  # the trial was enqueued by the lab (grid studies)
+FIRST_TRIAL_ATTR = "lab.first_trial"  # number of the pair's first attempt (its run directory)
+SPURIOUS_ATTR = "lab.spurious"  # a trial asked for after the queue had emptied: not a result
+GIT_ATTR = "lab.git"
+THREADS_ATTR = "lab.threads"
+
+# Trial user attributes holding results (see lab.study.objective.record).
+METRICS_ATTR = "metrics"  # final metrics {name: value}, diagnostics excluded
+DIAGNOSTICS_ATTR = "diagnostics"  # per-loop / per-layer diagnostics
+EXTRAPOLATION_ATTR = "extrapolation"  # {split: {loops: accuracy}}
+ADAPTIVE_ATTR = "adaptive"  # {criterion: [rows]}
+RESULT_ATTRS = ("metrics", "diagnostics", "extrapolation", "adaptive", "plan", "widths",
+                "mlp_hidden", "latency_mode", "run_dir", "wall_time_s", "steps",
+                "resumed_from_step")
+
+# Study user attributes.
+FINGERPRINT_ATTR = "lab.fingerprint"
+IDENTITY_ATTR = "lab.identity"
+ABLATION_ATTR = "lab.ablation"
+BASE_CONFIG_ATTR = "lab.base_config"
+TASK_ATTR = "lab.task"
+PROVENANCE_ATTR = "lab.provenance"
+CREATED_ATTR = "lab.created"
+
+INTERRUPTED = "interrupted"  # the fail reason of a trial until it ends otherwise
+FINAL_FAILURES = ("diverged",)  # fail reasons that are results: never retried
+
+
+# Optuna categorical choices must be scalars; lists and mappings travel as JSON strings.
+def encode(v: Any) -> Any:
+    return json.dumps(v, sort_keys=True) if isinstance(v, list | dict) else v
+
+
+def decode(v: Any) -> Any:
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+def pair_key(params: dict[str, Any]) -> str:
+    return json.dumps({k: encode(v) for k, v in params.items()}, sort_keys=True, default=str)
+
+
+def pair_params(params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A setting's parameters and a seed, as the trial's Optuna parameters."""
+    return {**{k: encode(v) for k, v in params.items()}, "seed": seed}
+
+
+def trial_pair(trial) -> str | None:
+    """The (setting, seed) pair of a trial: recorded when queued, else read from its params."""
+    key = trial.user_attrs.get(PAIR_ATTR)
+    if key is not None:
+        return key
+    return pair_key(dict(trial.params)) if trial.params else None
+
+
+def is_done(trial) -> bool:
+    """Completed, pruned, or failed for a reason that is itself a result (diverged)."""
+    from optuna.trial import TrialState
+
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    reason = trial.user_attrs.get(FAIL_ATTR) or ""
+    return trial.state == TrialState.FAIL and reason.startswith(FINAL_FAILURES)
+
+
+def trial_seed(trial) -> int | None:
+    seed = trial.params.get("seed")
+    return int(seed) if seed is not None else None

@@ -1,0 +1,181 @@
+"""The objective of one trial: pick its setting and seed, train, record the results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lab.errors import LabError
+from lab.provenance import git_info
+from lab.study.attrs import (
+    AXIS_ATTR,
+    FAIL_ATTR,
+    FIRST_TRIAL_ATTR,
+    GIT_ATTR,
+    GROUP_ATTR,
+    INTERRUPTED,
+    QUEUED_ATTR,
+    SETTING_ATTR,
+    SPURIOUS_ATTR,
+    THREADS_ATTR,
+    WORKER_ATTR,
+    decode,
+    encode,
+    pair_key,
+)
+from lab.study.queue import worker_identity
+from lab.study.spec import Ablation, Choice, fmt_value, short_key
+from lab.train import train
+
+
+class TrialFailed(Exception):
+    """A trial that ran but failed (diverged, or an error inside training)."""
+
+def suggest(trial, space: tuple, seeds: list[int]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+
+    def walk(entries):
+        for e in entries:
+            if isinstance(e, Choice):
+                v = trial.suggest_categorical(e.key, [encode(x) for x in e.values])
+                params[e.key] = decode(v)
+                if e.arms:
+                    walk(e.arms.get(decode(v), e.arms.get(v, ())))
+            elif e.is_int:
+                params[e.key] = trial.suggest_int(e.key, int(e.low), int(e.high),
+                                                  step=int(e.step or 1), log=e.log)
+            else:
+                params[e.key] = trial.suggest_float(e.key, e.low, e.high, step=e.step, log=e.log)
+
+    walk(space)
+    params["seed"] = trial.suggest_categorical("seed", seeds)
+    return params
+
+def setting_label(abl: Ablation, params: dict[str, Any]) -> tuple[str, str, float | None]:
+    p = {k: v for k, v in params.items() if k != "seed"}
+    for s in abl.settings():
+        if pair_key(s.params) == pair_key(p):
+            return s.label, s.group, s.axis
+    label = ", ".join(f"{short_key(k)}={fmt_value(v)}" for k, v in p.items())
+    return label or "base", "", None
+
+def pruning_callback(trial, monitor: str):
+    import optuna
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    class StepPruning(PyTorchLightningPruningCallback):
+        """Report at the global step: a lab run is one long epoch, so reporting at the epoch
+        (the stock behaviour) would collapse every validation onto step 0."""
+
+        def __init__(self, trial, monitor: str):
+            super().__init__(trial, monitor=monitor)
+            self.lab_trial = trial
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking or self.is_ddp_backend:
+                return super().on_validation_end(trainer, pl_module)
+            score = trainer.callback_metrics.get(self.monitor)
+            if score is None:
+                return None
+            step = trainer.global_step
+            self.lab_trial.report(float(score), step=step)
+            if self.lab_trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor}={float(score):.4f}")
+            return None
+
+    return StepPruning(trial, monitor=monitor)
+
+def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
+    import optuna
+
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
+        # or a kill lands, a trial that stops early says why (grid workers also stamp it on
+        # the queued trial before popping it).
+        trial.set_user_attr(FAIL_ATTR, INTERRUPTED)
+        try:
+            value = run_trial(trial)
+        except optuna.TrialPruned:
+            trial.set_user_attr(FAIL_ATTR, None)
+            raise
+        except SystemExit:  # Lightning exits on Ctrl-C; to Optuna this is an interrupt
+            raise KeyboardInterrupt from None
+        trial.set_user_attr(FAIL_ATTR, None)
+        return value
+
+    def run_trial(trial: optuna.trial.Trial) -> float:
+        if release is not None:
+            release()
+        if abl.sampler == "grid" and not trial.user_attrs.get(QUEUED_ATTR):
+            # Another machine emptied the queue between our check and our ask.
+            trial.set_user_attr(SPURIOUS_ATTR, True)
+            raise optuna.TrialPruned("no queued work left")
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        params = suggest(trial, abl.space, abl.seeds)
+        seed = params.pop("seed")
+        label, group, axis = setting_label(abl, params)
+        trial.set_user_attr(SETTING_ATTR, label)
+        trial.set_user_attr(GROUP_ATTR, group)
+        if axis is not None:
+            trial.set_user_attr(AXIS_ATTR, axis)
+        first = trial.user_attrs.get(FIRST_TRIAL_ATTR, trial.number)
+        slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
+        slug = "-".join(filter(None, slug.split("-")))
+        version = f"{first:04d}-{slug}-seed{seed}"
+        retry = first != trial.number
+        cfg = abl.config(params, seed)
+        cfg.train.threads = threads
+        cfg.train.progress = False
+        cfg.resume = retry
+        trial.set_user_attr(GIT_ATTR, git_info())
+        trial.set_user_attr(THREADS_ATTR, threads)
+        callbacks = [pruning_callback(trial, abl.objective)] if abl.pruner else []
+        try:
+            res = train(cfg, save_dir=runs_dir, name=abl.study, version=version,
+                        callbacks=callbacks, progress=False,
+                        hparams={"trial": trial.number, "setting": label})
+        except optuna.TrialPruned:
+            raise
+        except LabError as e:
+            trial.set_user_attr(FAIL_ATTR, f"error: {e}")
+            raise TrialFailed(str(e)) from None
+        except Exception as e:
+            trial.set_user_attr(FAIL_ATTR, f"error: {type(e).__name__}: {e}")
+            raise TrialFailed(str(e)) from e
+        for k, v in record(res).items():
+            trial.set_user_attr(k, v)
+        if res.status != "ok":
+            trial.set_user_attr(FAIL_ATTR, f"diverged: {res.reason}")
+            raise TrialFailed(res.reason or "diverged")
+        value = res.metrics.get(abl.objective)
+        if value is None or not math.isfinite(value):
+            trial.set_user_attr(FAIL_ATTR, f"diverged: objective {abl.objective} = {value}")
+            raise TrialFailed("objective is not finite")
+        return float(value)
+
+    return objective
+
+def record(res) -> dict[str, Any]:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        return x
+
+    out = {k: clean(v) for k, v in res.costs.items()}
+    out.update({
+        "wall_time_s": res.wall_time_s,
+        "steps": res.steps,
+        "resumed_from_step": res.resumed_from_step,
+        "run_dir": res.run_dir,
+        "metrics": clean({k: v for k, v in res.metrics.items() if not k.startswith("diag/")}),
+        "diagnostics": clean({k[5:]: v for k, v in res.metrics.items() if k.startswith("diag/")}),
+        "extrapolation": clean(res.extrapolation),
+        "adaptive": clean(res.adaptive),
+        "plan": res.plan["description"],
+        "widths": res.plan["widths"],
+        "mlp_hidden": res.plan["hidden"],
+    })
+    return out

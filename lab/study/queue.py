@@ -1,0 +1,132 @@
+"""The grid queue: enqueue missing (setting, seed) pairs, reclaim trials of dead workers.
+
+Grid studies are driven by Optuna's trial queue: the sweep enqueues every (setting, seed)
+pair that is not done yet, and workers pop queued trials. Popping is atomic on PostgreSQL
+(row locks); on SQLite workers on one machine serialise the pop through a file lock, so a
+pair is never run twice. A worker that dies leaves its trial RUNNING: workers on the same
+host see that its process is gone (each worker claims the queued trial it is about to pop,
+so even one that dies inside the pop is known) and re-queue the pair at once; other hosts'
+trials are failed and re-queued by Optuna's heartbeat (``RetryHeartbeatStaleTrialCallback``).
+A retried pair resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import psutil
+
+from lab.study.attrs import (
+    CLAIM_ATTR,
+    FAIL_ATTR,
+    FIRST_TRIAL_ATTR,
+    GROUP_ATTR,
+    INTERRUPTED,
+    PAIR_ATTR,
+    QUEUED_ATTR,
+    SETTING_ATTR,
+    WORKER_ATTR,
+    is_done,
+    pair_key,
+    pair_params,
+    trial_pair,
+)
+from lab.study.spec import Ablation
+from lab.study.storage import file_lock, lock_path_for, trial_id
+
+
+def worker_identity() -> dict[str, Any]:
+    """What names this worker process: host, pid and the process's start time."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": psutil.Process(pid).create_time()}
+
+
+def alive(ident: dict) -> bool:
+    """Whether the worker process `ident` names still runs (a reused pid does not count)."""
+    pid = ident.get("pid")
+    if not isinstance(pid, int):
+        return True
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):  # exited, not reaped
+            return False
+        start = proc.create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+    # Identities written by older versions hold a /proc clock-tick string: pid check only.
+    return not isinstance(ident.get("start"), float) or start == ident["start"]
+
+
+def reclaim_dead_local_trials(study, storage) -> list[int]:
+    """Fail RUNNING trials whose worker process on this host is gone, and re-queue them."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    requeued = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ident = t.user_attrs.get(WORKER_ATTR, t.user_attrs.get(CLAIM_ATTR))
+        if not isinstance(ident, dict) or ident.get("host") != host or alive(ident):
+            continue
+        tid = trial_id(storage, study, t.number)
+        try:
+            storage.set_trial_user_attr(tid, FAIL_ATTR, f"{INTERRUPTED}: worker process died")
+            ok = storage.set_trial_state_values(tid, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            continue
+        if ok:
+            requeued.append(t.number)
+    return requeued
+
+def queue_missing(study, abl: Ablation) -> tuple[int, int]:
+    """Enqueue every (setting, seed) pair not done, queued or running. Returns (done, queued)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = {trial_pair(t) for t in trials if is_done(t)}
+    pending = {trial_pair(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+    first_attempt = first_attempts(trials)
+    n_new = 0
+    for setting, seed in abl.pairs():
+        params = pair_params(setting.params, seed)
+        key = pair_key(params)
+        if key in done or key in pending:
+            continue
+        attrs = {SETTING_ATTR: setting.label, GROUP_ATTR: setting.group, QUEUED_ATTR: True,
+                 PAIR_ATTR: key}
+        if key in first_attempt:
+            attrs[FIRST_TRIAL_ATTR] = first_attempt[key]
+        study.enqueue_trial(params, user_attrs=attrs)
+        n_new += 1
+    return sum(1 for s, seed in abl.pairs() if pair_key(pair_params(s.params, seed)) in done), n_new
+
+def first_attempts(trials) -> dict[str, int]:
+    """Trial number of each pair's first attempt: retries reuse its run directory."""
+    first: dict[str, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        k = trial_pair(t)
+        if k is not None and k not in first:
+            first[k] = t.user_attrs.get(FIRST_TRIAL_ATTR, t.number)
+    return first
+
+def reclaim_and_requeue(study, storage, abl: Ablation) -> list[int]:
+    with file_lock(lock_path_for(abl.storage)):
+        dead = reclaim_dead_local_trials(study, storage)
+        if dead:
+            queue_missing(study, abl)
+    return dead
+
+def has_work(study) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+def count_done(trials, abl: Ablation) -> int:
+    if abl.sampler != "grid":
+        return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
+    wanted = {pair_key(pair_params(s.params, seed)) for s, seed in abl.pairs()}
+    return len({trial_pair(t) for t in trials if is_done(t)} & wanted)

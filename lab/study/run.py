@@ -1,0 +1,238 @@
+"""`lab sweep`: create or resume a study, start the workers, show progress.
+
+The report is written by the caller (`lab sweep` in lab.cli), so that nothing here depends
+on the report: data flows from the study to the report, never back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab.config import flatten, to_dict
+from lab.errors import LabError
+from lab.model import resolve
+from lab.provenance import provenance
+from lab.study.attrs import (
+    ABLATION_ATTR,
+    BASE_CONFIG_ATTR,
+    CREATED_ATTR,
+    FAIL_ATTR,
+    FINGERPRINT_ATTR,
+    IDENTITY_ATTR,
+    PROVENANCE_ATTR,
+    SETTING_ATTR,
+    SPURIOUS_ATTR,
+    TASK_ATTR,
+)
+from lab.study.queue import (
+    count_done,
+    has_work,
+    queue_missing,
+    reclaim_and_requeue,
+    reclaim_dead_local_trials,
+)
+from lab.study.spec import Ablation, load_ablation
+from lab.study.storage import file_lock, lock_path_for, open_storage, redact_url
+from lab.tasks import describe
+
+
+def create_or_load_study(abl: Ablation, storage=None):
+    import optuna
+
+    storage = storage or open_storage(abl.storage)
+    fp, ident = abl.fingerprint()
+    sampler = (optuna.samplers.TPESampler(seed=abl.seeds[0]) if abl.sampler == "tpe"
+               else optuna.samplers.BruteForceSampler(seed=0))
+    pruner = {"median": optuna.pruners.MedianPruner(n_warmup_steps=1),
+              "hyperband": optuna.pruners.HyperbandPruner()}.get(abl.pruner or "",
+                                                                 optuna.pruners.NopPruner())
+    study = optuna.create_study(study_name=abl.study, storage=storage, sampler=sampler,
+                                pruner=pruner, direction=abl.direction, load_if_exists=True)
+    old = study.user_attrs.get(FINGERPRINT_ATTR)
+    if old is None:
+        cfg, task, _ = resolve(abl.config())
+        study.set_user_attr(FINGERPRINT_ATTR, fp)
+        study.set_user_attr(IDENTITY_ATTR, ident)
+        study.set_user_attr(ABLATION_ATTR, {
+            "name": abl.name, "file": str(abl.path), "description": abl.description,
+            "question": abl.question, "seeds": abl.seeds, "objective": abl.objective,
+            "direction": abl.direction, "sampler": abl.sampler, "n_trials": abl.n_trials,
+            "pruner": abl.pruner, "axis": abl.axis, "analysis": abl.analysis,
+            "config_overrides": abl.config_overrides,
+        })
+        study.set_user_attr(BASE_CONFIG_ATTR, to_dict(cfg))
+        study.set_user_attr(TASK_ATTR, {"description": describe(task), "chance": task.chance,
+                                         "causal": bool(task.causal)})
+        study.set_user_attr(PROVENANCE_ATTR, provenance())
+        study.set_user_attr(CREATED_ATTR, time.time())
+    elif old != fp:
+        prev = study.user_attrs.get(IDENTITY_ATTR, {})
+        raise LabError(
+            f"study '{abl.study}' in {redact_url(abl.storage)} was created with a different "
+            f"{first_difference(prev, ident)}. Resuming would mix incomparable trials. Start a new "
+            f"study with study=<new-name> (e.g. study={abl.study}-v2), or remove the old one "
+            f"(rm {abl.storage[len('sqlite:///'):]} for the default SQLite storage)."
+        )
+    else:
+        # Seeds may grow between runs; keep the latest list for the report.
+        meta = dict(study.user_attrs.get(ABLATION_ATTR, {}))
+        if meta.get("seeds") != abl.seeds:
+            meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(abl.seeds))
+            study.set_user_attr(ABLATION_ATTR, meta)
+    return study
+
+def first_difference(a: dict, b: dict) -> str:
+    fa, fb = flatten(a), flatten(b)
+    for k in sorted(set(fa) | set(fb)):
+        if fa.get(k) != fb.get(k):
+            what = "search space" if k.startswith("space") else (
+                "config" if k.startswith("base") else k)
+            key = k.split(".", 1)[1] if "." in k else k
+            return f"{what} (first difference at '{key}': was {fa.get(k)!r}, now {fb.get(k)!r})"
+    return "setup"
+
+def load_existing_study(abl: Ablation):
+    import optuna
+
+    if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
+        raise LabError(
+            f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist. "
+            f"Run it first: lab sweep {abl.path}."
+        )
+    storage = open_storage(abl.storage, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=abl.study, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise LabError(
+            f"no study '{abl.study}' in {redact_url(abl.storage)}"
+            + (f" (it holds: {', '.join(names)})" if names else " (it holds no studies)")
+            + f". Run it first: lab sweep {abl.path}."
+        ) from None
+
+def default_workers(abl: Ablation, requested: int | None) -> int:
+    n = requested or abl.workers or os.cpu_count() or 1
+    return max(1, int(n))
+
+def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True, soft_wrap=True)
+    abl = load_ablation(path, overrides)
+    storage = open_storage(abl.storage)
+    study = create_or_load_study(abl, storage)
+    with file_lock(lock_path_for(abl.storage)):
+        reclaim_dead_local_trials(study, storage)
+        if abl.sampler == "grid":
+            done, _ = queue_missing(study, abl)
+        else:
+            done = count_done(study.get_trials(deepcopy=False), abl)
+    total = len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials
+    n_workers = default_workers(abl, workers)
+    if abl.sampler == "grid":
+        n_workers = min(n_workers, max(1, total - done))
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
+             else f"sampled by {abl.sampler}")
+    console.print(
+        f"[bold]{abl.study}[/bold]: {total} trials ({shape}), {done} already done; "
+        f"{n_workers} worker(s) x {threads} thread(s); storage {redact_url(abl.storage)}"
+    )
+    remaining = total - done
+    if remaining > 0:
+        argv = [str(abl.path), "--threads", str(threads), *(overrides or [])]
+        t0 = time.time()
+        seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        procs: list[subprocess.Popen] = []
+        try:
+            with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                          TimeRemainingColumn(), console=console, transient=False) as progress:
+                bar = progress.add_task(abl.study, total=total, completed=done)
+                procs = [spawn_worker(argv) for _ in range(n_workers)]
+                respawns = 0
+                while True:
+                    time.sleep(1.0)
+                    trials = study.get_trials(deepcopy=False)
+                    for t in trials:
+                        if t.state.is_finished() and t.number not in seen:
+                            seen.add(t.number)
+                            if not t.user_attrs.get(SPURIOUS_ATTR):
+                                progress.console.print(trial_line(t, abl))
+                    progress.update(bar, completed=count_done(trials, abl))
+                    alive = [p for p in procs if p.poll() is None]
+                    if len(alive) < len(procs):
+                        died = [p for p in procs if p.poll() not in (None, 0)]
+                        if died:
+                            reclaim_and_requeue(study, storage, abl)
+                        if has_work(study) and respawns < 3 * n_workers:
+                            need = n_workers - len(alive)
+                            alive += [spawn_worker(argv) for _ in range(need)]
+                            respawns += need
+                        procs = alive
+                    if not procs:
+                        break
+                progress.update(bar, completed=count_done(study.get_trials(deepcopy=False), abl))
+        except KeyboardInterrupt:
+            stop_workers(procs)
+            console.print(
+                f"[yellow]interrupted[/yellow]: {count_done(study.get_trials(deepcopy=False), abl)}"
+                f"/{total} trials done; run the same command again to resume."
+            )
+            return 130
+        console.print(f"sweep finished in {time.time() - t0:.0f}s")
+        missing = total - count_done(study.get_trials(deepcopy=False), abl)
+        if missing > 0:
+            console.print(
+                f"[red]{missing} of {total} trials did not complete: the workers stopped "
+                f"(see the messages above). Run the same command again to resume.[/red]"
+            )
+            if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+                return 1
+    return 0
+
+def spawn_worker(argv: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGINT)
+    deadline = time.time() + 30
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        if p.poll() is None:
+            p.kill()
+
+def trial_line(t, abl: Ablation) -> str:
+    from optuna.trial import TrialState
+
+    label = t.user_attrs.get(SETTING_ATTR, "?")
+    seed = t.params.get("seed", "?")
+    wall = t.user_attrs.get("wall_time_s")
+    wall_s = f" {wall:.0f}s" if isinstance(wall, int | float) else ""
+    if t.state == TrialState.COMPLETE:
+        v = t.value
+        shown = f"{100 * v:.1f}%" if "acc" in abl.objective else f"{v:.4f}"
+        return f"  [green]done[/green]   #{t.number:<4} {label}, seed {seed}: {abl.objective} {shown}{wall_s}"
+    if t.state == TrialState.PRUNED:
+        return f"  [yellow]pruned[/yellow] #{t.number:<4} {label}, seed {seed}{wall_s}"
+    reason = t.user_attrs.get(FAIL_ATTR) or "no reason recorded (its worker stopped reporting)"
+    return f"  [red]failed[/red] #{t.number:<4} {label}, seed {seed}: {reason}"

@@ -1,0 +1,429 @@
+"""Ablation files: the search space, settings x seeds, and the study's identity.
+
+An ablation file (``ablations/*.yaml``) names a base config, a search space over any config
+key, the seeds, the objective and the sampler::
+
+    name: loops
+    base: [configs/looped.yaml]         # config files, then `overrides`, then the space
+    overrides: {train.steps: 2000}
+    space:
+      model.family:                     # a choice whose values open sub-spaces (arms)
+        looped:  {model.loops: [1, 2, 3, 4, 6]}
+        uniform: {model.n_layers: [1, 2, 3, 4, 6]}
+    axis: {looped: model.loops, uniform: model.n_layers}
+    seeds: [0, 1, 2]
+    objective: val/acc_token
+    direction: maximize
+    sampler: grid                       # grid (every setting x seed) | tpe (n_trials samples)
+    analysis: {primary: looped, min_gain: 0.01, confidence: 0.95}
+
+Space entries: ``key: [v1, v2]`` (categorical), ``key: {low: a, high: b, step: s, log: false}``
+(int or float range; a grid needs a step), ``key: {value: {sub-space}, ...}`` (arms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lab.config import LabConfig, flatten, load_config, parse_overrides, read_yaml_mapping, to_dict
+from lab.errors import ConfigError, LabError
+from lab.provenance import REPO
+from lab.study.attrs import decode
+
+ABLATION_KEYS = {
+    "name", "description", "base", "overrides", "space", "axis", "seeds", "objective",
+    "direction", "sampler", "n_trials", "pruner", "storage", "study", "workers", "analysis",
+    "question",
+}
+
+STUDY_KEYS = {"storage", "study", "seeds", "workers", "n_trials", "sampler", "pruner",
+              "objective", "direction"}
+
+RANGE_KEYS = {"low", "high", "step", "log"}
+
+OBJECTIVES = {
+    "val/acc_token", "val/acc_seq", "val/loss", "ood/acc_token", "ood/acc_seq", "ood/loss",
+}
+
+# Keys that cannot change a trial's result: left out of the study's identity.
+NON_IDENTITY_KEYS = ("seed", "name", "resume", "out_dir", "train.threads", "train.progress",
+                     "train.accelerator", "train.devices", "train.strategy", "train.precision")
+
+
+@dataclass
+class AnalysisSpec:
+    """The ``analysis:`` section of an ablation file."""
+
+    primary: str | None = None  # the arm whose curve the headline verdict is about
+    reference: str | None = None  # the setting others are compared with (unordered arms)
+    min_gain: float = 0.01  # smallest worthwhile gain, in objective units
+    confidence: float = 0.95
+    verdict: Literal["curve", "arms"] = "curve"  # arms: lead with the comparison of arms
+
+
+def parse_analysis(raw: Any, where: str) -> dict[str, Any]:
+    """Check the analysis section against AnalysisSpec; returns the keys given."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise LabError(f"ablation '{where}': 'analysis' must be a mapping of "
+                       f"{', '.join(f.name for f in dataclasses.fields(AnalysisSpec))}.")
+    try:
+        OmegaConf.merge(OmegaConf.structured(AnalysisSpec), raw)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        valid = ", ".join(f.name for f in dataclasses.fields(AnalysisSpec))
+        raise LabError(f"ablation '{where}': analysis.{key}: "
+                       f"{str(getattr(e, 'msg', e)).splitlines()[0]} (valid keys: {valid}).") from None
+    conf = raw.get("confidence")
+    if conf is not None and not 0 < float(conf) < 1:
+        raise LabError(f"ablation '{where}': analysis.confidence must be in (0, 1), got {conf}.")
+    return dict(raw)
+
+
+# --------------------------------------------------------------------------------------------
+# The search space
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str
+    values: tuple[Any, ...]
+    arms: dict[Any, tuple] | None = None  # value -> sub-space (tuple of entries)
+
+@dataclass(frozen=True)
+class Range:
+    key: str
+    low: float
+    high: float
+    step: float | None
+    log: bool
+    is_int: bool
+
+@dataclass
+class Setting:
+    label: str
+    group: str
+    params: dict[str, Any]  # dotted key -> value (no seed)
+    axis: float | None = None
+
+    @property
+    def key(self) -> str:
+        return json.dumps(self.params, sort_keys=True, default=str)
+
+def parse_space(spec: Any, where: str = "space") -> tuple:
+    if not isinstance(spec, dict) or not spec:
+        raise LabError(f"ablation '{where}' must be a non-empty mapping of config keys to choices.")
+    entries = []
+    for key, val in spec.items():
+        key = str(key)
+        if key == "seed":
+            raise LabError(f"ablation {where}: list seeds under 'seeds:', not in the space.")
+        if isinstance(val, list):
+            if not val:
+                raise LabError(
+                    f"ablation {where}: '{key}' has an empty choice list; give at least one value."
+                )
+            entries.append(Choice(key, tuple(val)))
+        elif isinstance(val, dict) and val and set(val) <= RANGE_KEYS:
+            if "low" not in val or "high" not in val:
+                raise LabError(f"ablation {where}: range '{key}' needs both low and high.")
+            lo, hi = val["low"], val["high"]
+            is_int = all(isinstance(v, int) for v in (lo, hi)) and not isinstance(
+                val.get("step", 1), float)
+            if hi < lo:
+                raise LabError(f"ablation {where}: range '{key}' has high {hi} < low {lo}.")
+            entries.append(Range(key, lo, hi, val.get("step"), bool(val.get("log", False)), is_int))
+        elif isinstance(val, dict) and val:
+            arms = {v: (parse_space(sub, f"{where}.{key}.{v}") if sub else ())
+                    for v, sub in val.items()}
+            entries.append(Choice(key, tuple(val), arms))
+        else:
+            raise LabError(
+                f"ablation {where}: '{key}' must be a list of values, a range "
+                "{low, high[, step, log]}, or a mapping of values to sub-spaces; got "
+                f"{val!r}."
+            )
+    return tuple(entries)
+
+def range_values(r: Range) -> list:
+    if r.step is None:
+        if not r.is_int:
+            raise LabError(
+                f"a grid over the float range '{r.key}' needs a step; add step: ... or use "
+                "sampler: tpe."
+            )
+        step = 1
+    else:
+        step = r.step
+    n = int(math.floor((r.high - r.low) / step + 1e-9)) + 1
+    vals = [r.low + i * step for i in range(n)]
+    return [int(v) for v in vals] if r.is_int else [round(v, 12) for v in vals]
+
+def expand(space: tuple, prefix: dict | None = None) -> Iterator[tuple[dict, str]]:
+    """Every assignment of the space (a grid), with the arm (group) it belongs to."""
+    prefix = dict(prefix or {})
+    if not space:
+        yield prefix, ""
+        return
+    head, rest = space[0], space[1:]
+    values = head.values if isinstance(head, Choice) else range_values(head)
+    for v in values:
+        here = {**prefix, head.key: v}
+        sub = head.arms.get(v, ()) if isinstance(head, Choice) and head.arms else ()
+        for assign, group in expand(sub + rest, here):
+            arm = str(v) if isinstance(head, Choice) and head.arms else ""
+            yield assign, group or arm
+
+def short_key(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+def fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+# --------------------------------------------------------------------------------------------
+# The ablation file
+
+
+@dataclass
+class Ablation:
+    path: Path
+    name: str
+    description: str
+    question: str
+    base: list[Path]
+    overrides: dict[str, Any]
+    config_overrides: list[str]  # from the command line
+    space: tuple
+    space_spec: dict
+    axis: dict[str, str]
+    seeds: list[int]
+    objective: str
+    direction: str
+    sampler: str
+    n_trials: int | None
+    pruner: str | None
+    storage: str
+    study: str
+    workers: int | None
+    analysis: dict[str, Any] = field(default_factory=dict)  # the keys given (AnalysisSpec)
+
+    # ---------------------------------------------------------------- configs
+    def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
+        layers = [self.overrides] if self.overrides else []
+        extra = [f"{k}={json.dumps(decode(v))}" for k, v in (params or {}).items()]
+        if seed is not None:
+            extra.append(f"seed={seed}")
+        return load_config(self.base, [*self.config_overrides, *extra], layers=layers)
+
+    def settings(self) -> list[Setting]:
+        if self.sampler != "grid":
+            return []
+        out = []
+        for params, group in expand(self.space):
+            varying = [k for k in params if len(self._values_of(k)) > 1 or k in self._arm_keys()]
+            parts = []
+            for k in varying:
+                parts.append(fmt_value(params[k]) if k in self._arm_keys() else
+                             f"{short_key(k)}={fmt_value(params[k])}")
+            label = ", ".join(parts) or "base"
+            axis_key = self.axis.get(group) or self.axis.get("")
+            axis = params.get(axis_key) if axis_key else None
+            out.append(Setting(label, group, params,
+                               float(axis) if isinstance(axis, int | float) else None))
+        return out
+
+    def _arm_keys(self) -> set[str]:
+        keys: set[str] = set()
+
+        def walk(space):
+            for e in space:
+                if isinstance(e, Choice) and e.arms:
+                    keys.add(e.key)
+                    for sub in e.arms.values():
+                        walk(sub)
+
+        walk(self.space)
+        return keys
+
+    def _values_of(self, key: str) -> set:
+        return {json.dumps(p.get(key), default=str) for p, _ in expand(self.space) if key in p}
+
+    def setting_configs(self) -> list[tuple[Setting, LabConfig]]:
+        seed = self.seeds[0]
+        if self.sampler == "grid":
+            return [(s, self.config(s.params, seed)) for s in self.settings()]
+        return [(Setting("base", "", {}), self.config(None, seed))]
+
+    @property
+    def analysis_spec(self) -> AnalysisSpec:
+        return AnalysisSpec(**self.analysis)
+
+    def pairs(self) -> list[tuple[Setting, int]]:
+        return [(s, seed) for s in self.settings() for seed in self.seeds]
+
+    def fingerprint(self) -> tuple[str, dict]:
+        """What must not change within one study: base config, space, objective."""
+        base = flatten(to_dict(self.config()))
+        for k in NON_IDENTITY_KEYS:
+            base.pop(k, None)
+        ident = {"base": base, "space": self.space_spec, "objective": self.objective,
+                 "direction": self.direction, "sampler": self.sampler}
+        blob = json.dumps(ident, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16], ident
+
+def _resolve_path(p: str, rel_to: Path) -> Path:
+    path = Path(p)
+    if path.is_absolute():
+        return path
+    for root in (Path.cwd(), rel_to, REPO):
+        if (root / path).exists():
+            return root / path
+    return REPO / path
+
+def find_ablation(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    candidates = [p, Path("ablations") / p, Path("ablations") / f"{p}.yaml",
+                  REPO / "ablations" / p, REPO / "ablations" / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    avail = sorted(x.stem for x in (REPO / "ablations").glob("*.yaml"))
+    raise LabError(
+        f"ablation file '{name_or_path}' does not exist. Shipped ablations: {', '.join(avail)} "
+        "(give a path such as ablations/loops.yaml)."
+    )
+
+def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablation:
+    path = find_ablation(str(path))
+    raw = read_yaml_mapping(path, "ablation file")
+    unknown = sorted(set(raw) - ABLATION_KEYS)
+    if unknown:
+        raise LabError(
+            f"ablation file '{path}': unknown key '{unknown[0]}'. Valid keys: "
+            f"{', '.join(sorted(ABLATION_KEYS))}."
+        )
+    study_over, config_over = {}, []
+    for o in overrides or []:
+        parse_overrides([o])  # checks the key=value form
+        key, _, value = o.partition("=")
+        if key in STUDY_KEYS:
+            study_over[key] = value if key in ("storage", "study") else yaml.safe_load(value)
+        else:
+            config_over.append(o)
+    raw = {**raw, **study_over}
+
+    name = str(raw.get("name") or path.stem)
+    base = raw.get("base") or []
+    base = [base] if isinstance(base, str) else list(base)
+    base_paths = [_resolve_path(b, path.parent) for b in base]
+    for b in base_paths:
+        if not b.is_file():
+            raise LabError(f"ablation '{path}': base config '{b}' does not exist.")
+    ov = raw.get("overrides") or {}
+    if not isinstance(ov, dict):
+        raise LabError(f"ablation '{path}': 'overrides' must be a mapping of config keys.")
+    overrides_nested = _nest(ov)
+    if "space" not in raw:
+        raise LabError(f"ablation '{path}' has no 'space': name at least one config key to vary.")
+    space = parse_space(raw["space"])
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int):
+        seeds = list(range(seeds))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise LabError(f"ablation '{path}': 'seeds' must be a non-empty list of integers.")
+    objective = str(raw.get("objective", "val/acc_token"))
+    if objective not in OBJECTIVES:
+        raise LabError(
+            f"ablation '{path}': objective '{objective}' is not one of {sorted(OBJECTIVES)}."
+        )
+    direction = str(raw.get("direction", "minimize" if objective.endswith("loss") else "maximize"))
+    if direction not in ("maximize", "minimize"):
+        raise LabError(f"ablation '{path}': direction must be maximize or minimize.")
+    sampler = str(raw.get("sampler", "grid"))
+    if sampler not in ("grid", "tpe"):
+        raise LabError(f"ablation '{path}': sampler '{sampler}' is not one of grid, tpe.")
+    n_trials = raw.get("n_trials")
+    if sampler == "tpe" and not (isinstance(n_trials, int) and n_trials > 0):
+        raise LabError(f"ablation '{path}': sampler tpe needs n_trials (a positive integer).")
+    pruner = raw.get("pruner")
+    if pruner not in (None, "none", "median", "hyperband"):
+        raise LabError(f"ablation '{path}': pruner '{pruner}' is not one of none, median, hyperband.")
+    axis = raw.get("axis") or {}
+    axis = {"": axis} if isinstance(axis, str) else {str(k): str(v) for k, v in axis.items()}
+    study = str(raw.get("study") or _study_name(name, config_over, ov))
+    storage = str(raw.get("storage") or f"sqlite:///studies/{study}.db")
+    workers = raw.get("workers")
+    abl = Ablation(
+        path=path, name=name, description=str(raw.get("description", "")).strip(),
+        question=str(raw.get("question", "")).strip(), base=base_paths,
+        overrides=overrides_nested, config_overrides=config_over, space=space,
+        space_spec=raw["space"], axis=axis, seeds=seeds, objective=objective,
+        direction=direction, sampler=sampler, n_trials=n_trials,
+        pruner=None if pruner in (None, "none") else pruner, storage=storage, study=study,
+        workers=workers, analysis=parse_analysis(raw.get("analysis"), str(path)),
+    )
+    check_space_keys(abl)
+    return abl
+
+def _nest(d: dict) -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        cur = out
+        parts = str(k).split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        if isinstance(v, dict) and parts[-1] in cur and isinstance(cur[parts[-1]], dict):
+            cur[parts[-1]].update(v)
+        else:
+            cur[parts[-1]] = v
+    return out
+
+def _study_name(name: str, config_overrides: list[str], _file_overrides: dict) -> str:
+    if not config_overrides:
+        return name
+    h = hashlib.sha256("\n".join(sorted(config_overrides)).encode()).hexdigest()[:6]
+    return f"{name}-{h}"
+
+def check_space_keys(abl: Ablation) -> None:
+    """Every key of the space must be a config key: build the base with the first values."""
+    seen: set[str] = set()
+    if abl.sampler == "grid":
+        for s in abl.settings():
+            try:
+                abl.config(s.params, abl.seeds[0])
+            except ConfigError as e:
+                raise LabError(
+                    f"ablation '{abl.path}', setting '{s.label}': {e}"
+                ) from None
+    else:
+        def keys(space):
+            for e in space:
+                seen.add(e.key)
+                if isinstance(e, Choice) and e.arms:
+                    for sub in e.arms.values():
+                        keys(sub)
+        keys(abl.space)
+        schema = flatten(to_dict(abl.config()))
+        for k in seen:
+            if k not in schema and not k.startswith("task."):
+                raise LabError(f"ablation '{abl.path}': '{k}' in the space is not a config key.")
+    for group, key in abl.axis.items():
+        if group and group not in {s.group for s in abl.settings()}:
+            raise LabError(f"ablation '{abl.path}': axis names arm '{group}', which the space lacks.")
+        if key and abl.sampler == "grid" and not any(key in s.params for s in abl.settings()):
+            raise LabError(f"ablation '{abl.path}': axis key '{key}' is not varied by the space.")

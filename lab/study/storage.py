@@ -1,0 +1,157 @@
+"""Study storage: SQLite by default, PostgreSQL/MySQL across machines, or a journal file.
+
+On SQLite, whose UPDATE is not conditional, workers on one machine serialise state changes
+(the queue pop, the failing of a stale trial) through a file lock beside the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from lab.errors import LabError
+
+HEARTBEAT_S, GRACE_S = 10, 60
+
+
+def file_lock(path: str) -> filelock.FileLock:
+    """An exclusive lock on `path`, re-entrant within a process (one object per path)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(path, is_singleton=True)
+
+
+class LockedRDBStorage:
+    """Mixin: serialise state changes of local workers through a file lock.
+
+    SQLite has no row locks: two processes can both read a WAITING trial and both set it
+    RUNNING. Holding an exclusive file lock around the read-check-write makes the queue pop
+    (and the failing of a stale trial) atomic for every worker on this machine.
+    """
+
+    lock_path: str
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        with file_lock(self.lock_path):
+            return super().set_trial_state_values(trial_id, state, values)
+
+
+def lock_path_for(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):] + ".lock"
+    h = hashlib.sha256(url.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f"lab-study-{h}.lock")
+
+def silence_optuna() -> None:
+    """Optuna marks heartbeats and the brute-force sampler experimental; say it once, here."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def open_storage(url: str, heartbeat: bool = True):
+    import optuna
+
+    silence_optuna()
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    if url.startswith("journal:///") or url.endswith((".log", ".journal")):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = url[len("journal:///"):] if url.startswith("journal:///") else url
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise LabError(
+            f"storage '{url}' is not a storage URL; use sqlite:///path.db, "
+            "postgresql://user:pass@host/db, mysql://..., or journal:///path.log."
+        )
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+    elif url.startswith(("postgresql", "mysql")):
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} \
+            if url.startswith("postgresql") else {"pool_pre_ping": True}
+    cls = type("LabRDBStorage", (LockedRDBStorage, RDBStorage), {"lock_path": lock_path_for(url)})
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    try:
+        with quiet_optuna():
+            return create_storage(cls, url, engine_kwargs, kwargs)
+    except ImportError as e:
+        raise LabError(
+            f"storage '{redact_url(url)}' needs a database driver that is not installed ({e}). "
+            'For PostgreSQL: pip install "psycopg[binary]" (the postgres extra of the lab).'
+        ) from None
+    except Exception as e:  # sqlalchemy errors: bad URL, unreachable server, bad credentials
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LabError(
+            f"cannot open storage '{redact_url(url)}': {msg}. Check the URL "
+            "(sqlite:///studies/NAME.db, postgresql://user:pass@host:5432/db) and that the "
+            "server is reachable."
+        ) from None
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def create_storage(cls, url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 6):
+    """Create the storage, retrying when another process creates the same tables right now.
+
+    Several machines starting on a fresh database race to create Optuna's schema; the losers
+    see "already exists" / unique-violation errors, and a second try finds the tables.
+    """
+    import random
+
+    for attempt in range(attempts):
+        try:
+            return cls(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError:
+            raise
+        except Exception as e:
+            text = str(e).lower()
+            racing = any(m in text for m in ("already exists", "duplicate key", "uniqueviolation",
+                                             "database is locked"))
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def redact_url(url: str) -> str:
+    """The storage URL without its password (also as a ?password= query parameter)."""
+    if "://" not in url or url.startswith(("sqlite:", "journal:")):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return url.split("://", 1)[0] + "://***"
+    u = u.set(query={k: v for k, v in u.query.items() if "password" not in k.lower()})
+    return u.render_as_string(hide_password=True)
+
+
+@contextlib.contextmanager
+def quiet_optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+
+
+def trial_id(storage, study, number: int) -> int:
+    """The storage's id of trial `number` of `study`, through the public storage API."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)

@@ -1,0 +1,112 @@
+"""One sweep worker process (started by `lab sweep`): pop queued trials until none are left.
+
+`python -m lab.study.worker ABLATION [--threads N] [--runs DIR] [overrides]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+
+from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED
+from lab.study.objective import TrialFailed, make_objective
+from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
+from lab.study.spec import load_ablation
+from lab.study.storage import file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
+from lab.train import quiet_lightning
+
+
+def interrupt_once() -> None:
+    """Raise KeyboardInterrupt on the first SIGINT and ignore later ones.
+
+    Ctrl-C reaches a worker twice (from the terminal's process group and from `lab sweep`
+    stopping its workers); a second interrupt must not cut short the bookkeeping of the first.
+    """
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background sweep ignores it
+        signal.signal(signal.SIGINT, handler)
+
+@contextlib.contextmanager
+def warnings_off():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+def worker_main(argv: list[str]) -> int:
+    """Entry point of one worker process: pop queued trials until none are left."""
+    import argparse
+
+    import optuna
+    from optuna.trial import TrialState
+
+    ap = argparse.ArgumentParser(prog="lab-worker")
+    ap.add_argument("ablation")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("overrides", nargs="*")
+    args, extra = ap.parse_known_args(argv)
+    args.overrides = [*args.overrides, *extra]
+    interrupt_once()
+    quiet_lightning()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    abl = load_ablation(args.ablation, args.overrides)
+    storage = open_storage(abl.storage)
+    study = optuna.load_study(study_name=abl.study, storage=storage)
+    lock = file_lock(lock_path_for(abl.storage))
+    held = {"n": 0}
+
+    def acquire():
+        lock.acquire()
+        held["n"] += 1
+
+    def release():
+        # Called by the objective once the queued trial is ours, and again in `finally`.
+        while held["n"]:
+            lock.release()
+            held["n"] -= 1
+
+    objective = make_objective(abl, args.threads, args.runs, release=release)
+    if abl.sampler == "tpe":
+        from optuna.study import MaxTrialsCallback
+
+        # Workers stop once n_trials are done; concurrent ones may add up to workers - 1 more.
+        if count_done(study.get_trials(deepcopy=False), abl) < abl.n_trials:
+            study.optimize(objective, catch=(TrialFailed,), callbacks=[
+                MaxTrialsCallback(abl.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+        return 0
+    while True:
+        reclaim_and_requeue(study, storage, abl)
+        acquire()
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not waiting:
+            release()
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not running:
+                return 0
+            # Another worker is busy; wait in case its trial goes stale and is re-queued.
+            with quiet_optuna(), warnings_off():
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(2.0)
+            continue
+        # Optuna pops the oldest waiting trial. Claim it first, so that if this process dies
+        # between the pop and the objective's first line, the trial is still known to be ours.
+        claimed = trial_id(storage, study, waiting[0].number)
+        storage.set_trial_user_attr(claimed, CLAIM_ATTR, worker_identity())
+        storage.set_trial_user_attr(claimed, FAIL_ATTR, INTERRUPTED)
+        try:
+            # The objective releases the lock as soon as the queued trial is ours.
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+        finally:
+            release()
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))
