@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lab.config import LabConfig
-from lab.errors import ConfigError
-from lab.model.plan import FAMILIES, StackPlan, count_params, make_plan, match_params
+from lab.model.plan import (
+    FAMILIES,
+    StackPlan,
+    check_loop_mode,
+    count_params,
+    make_plan,
+    match_params,
+)
 from lab.model.stack import Stack, StackOutput
 from lab.tasks import Task, build_task
 
@@ -30,13 +36,7 @@ def resolve(cfg: LabConfig) -> tuple[LabConfig, Task, StackPlan]:
     """
     task = build_task(cfg.task)
     m = cfg.model
-    if m.loop_mode == "parallel" and not task.causal:
-        raise ConfigError(
-            "model.loop_mode",
-            f"'parallel' needs a causal task, but task '{cfg.task.get('name')}' is "
-            "bidirectional (task.causal=false): the cross-loop shift feeds loop l+1 at "
-            "position t with loop l at t-1, which only makes sense left to right.",
-        )
+    check_loop_mode(m.loop_mode, task.causal, f"task '{cfg.task.get('name')}'")
     if m.match_params:
         match = match_params(m, task.vocab_size, task.max_seq_len)
         m = replace(m, d_model=match.d_model, mlp_ratio=match.mlp_ratio)

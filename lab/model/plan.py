@@ -378,3 +378,14 @@ def match_params(cfg: ModelConfig, vocab_size: int, max_len: int) -> Match:
             f"{best.params:,} parameters). Loosen model.match_tolerance or change the reference.",
         )
     return best
+
+
+def check_loop_mode(loop_mode: str, causal: bool, task_name: str = "this task") -> None:
+    """Parallel looping needs a causal task: refuse it with the key named."""
+    if loop_mode == "parallel" and not causal:
+        raise ConfigError(
+            "model.loop_mode",
+            f"'parallel' needs a causal task, but {task_name} is bidirectional "
+            "(task.causal=false): the cross-loop shift feeds loop l+1 at position t with loop "
+            "l at t-1, which only makes sense left to right.",
+        )

@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.errors import ConfigError
 from lab.model.blocks import Block, Resize, StackOutput
-from lab.model.plan import EMBED, StackPlan
+from lab.model.plan import EMBED, StackPlan, check_loop_mode
 from lab.model.walks import parallel as parallel_walk
 from lab.model.walks import serial
 
@@ -45,12 +44,8 @@ class Stack(nn.Module):
     def __init__(self, plan: StackPlan, vocab_size: int, max_len: int, causal: bool,
                  dropout: float = 0.0):
         super().__init__()
-        if plan.looped and plan.loop_mode == "parallel" and not causal:
-            raise ConfigError(
-                "model.loop_mode",
-                "'parallel' needs a causal task: the cross-loop shift feeds loop l+1 at "
-                "position t with loop l at t-1, which only makes sense left to right.",
-            )
+        if plan.looped:
+            check_loop_mode(plan.loop_mode, causal)
         self.plan, self.causal, self.max_len = plan, causal, max_len
         self.embed = nn.Embedding(vocab_size, plan.embed_width)
         self.pos = nn.Embedding(max_len, plan.embed_width)
