@@ -107,7 +107,10 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
-    schedule: Literal["cosine", "constant"] = "cosine"
+    # After warm-up: cosine decay to min_lr_ratio; constant; or warm-up-stable-decay (wsd):
+    # constant, then a linear decay to min_lr_ratio over the last decay_fraction of the steps.
+    schedule: Literal["cosine", "constant", "wsd"] = "cosine"
+    decay_fraction: float = 0.2
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     # Threads per process (torch.set_num_threads). Results are bit-identical only at the

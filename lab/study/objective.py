@@ -24,7 +24,8 @@ from lab.study.attrs import (
     pair_key,
 )
 from lab.study.queue import worker_identity
-from lab.study.spec import Ablation, Choice, fmt_value, short_key
+from lab.study.space import Choice, fmt_value, short_key
+from lab.study.spec import Ablation
 from lab.train import train
 
 

@@ -23,34 +23,30 @@ Space entries: ``key: [v1, v2]`` (categorical), ``key: {low: a, high: b, step: s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from lab.config import LabConfig, flatten, load_config, parse_overrides, read_yaml_mapping, to_dict
 from lab.errors import ConfigError, LabError
 from lab.provenance import REPO
 from lab.study.attrs import decode
+from lab.study.sections import AnalysisSpec, TuneSpec, parse_analysis, parse_tune
+from lab.study.space import Choice, Setting, expand, fmt_value, parse_space, short_key
 
 ABLATION_KEYS = {
     "name", "description", "base", "overrides", "space", "axis", "seeds", "objective",
     "direction", "sampler", "n_trials", "pruner", "storage", "study", "workers", "analysis",
-    "question",
+    "question", "tune",
 }
 
 STUDY_KEYS = {"storage", "study", "seeds", "workers", "n_trials", "sampler", "pruner",
               "objective", "direction"}
 
-RANGE_KEYS = {"low", "high", "step", "log"}
 
 OBJECTIVES = {
     "val/acc_token", "val/acc_seq", "val/loss", "ood/acc_token", "ood/acc_seq", "ood/loss",
@@ -59,140 +55,6 @@ OBJECTIVES = {
 # Keys that cannot change a trial's result: left out of the study's identity.
 NON_IDENTITY_KEYS = ("seed", "name", "resume", "out_dir", "train.threads", "train.progress",
                      "train.accelerator", "train.devices", "train.strategy", "train.precision")
-
-
-@dataclass
-class AnalysisSpec:
-    """The ``analysis:`` section of an ablation file."""
-
-    primary: str | None = None  # the arm whose curve the headline verdict is about
-    reference: str | None = None  # the setting others are compared with (unordered arms)
-    min_gain: float = 0.01  # smallest worthwhile gain, in objective units
-    confidence: float = 0.95
-    verdict: Literal["curve", "arms"] = "curve"  # arms: lead with the comparison of arms
-
-
-def parse_analysis(raw: Any, where: str) -> dict[str, Any]:
-    """Check the analysis section against AnalysisSpec; returns the keys given."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise LabError(f"ablation '{where}': 'analysis' must be a mapping of "
-                       f"{', '.join(f.name for f in dataclasses.fields(AnalysisSpec))}.")
-    try:
-        OmegaConf.merge(OmegaConf.structured(AnalysisSpec), raw)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        valid = ", ".join(f.name for f in dataclasses.fields(AnalysisSpec))
-        raise LabError(f"ablation '{where}': analysis.{key}: "
-                       f"{str(getattr(e, 'msg', e)).splitlines()[0]} (valid keys: {valid}).") from None
-    conf = raw.get("confidence")
-    if conf is not None and not 0 < float(conf) < 1:
-        raise LabError(f"ablation '{where}': analysis.confidence must be in (0, 1), got {conf}.")
-    return dict(raw)
-
-
-# --------------------------------------------------------------------------------------------
-# The search space
-
-
-@dataclass(frozen=True)
-class Choice:
-    key: str
-    values: tuple[Any, ...]
-    arms: dict[Any, tuple] | None = None  # value -> sub-space (tuple of entries)
-
-@dataclass(frozen=True)
-class Range:
-    key: str
-    low: float
-    high: float
-    step: float | None
-    log: bool
-    is_int: bool
-
-@dataclass
-class Setting:
-    label: str
-    group: str
-    params: dict[str, Any]  # dotted key -> value (no seed)
-    axis: float | None = None
-
-    @property
-    def key(self) -> str:
-        return json.dumps(self.params, sort_keys=True, default=str)
-
-def parse_space(spec: Any, where: str = "space") -> tuple:
-    if not isinstance(spec, dict) or not spec:
-        raise LabError(f"ablation '{where}' must be a non-empty mapping of config keys to choices.")
-    entries = []
-    for key, val in spec.items():
-        key = str(key)
-        if key == "seed":
-            raise LabError(f"ablation {where}: list seeds under 'seeds:', not in the space.")
-        if isinstance(val, list):
-            if not val:
-                raise LabError(
-                    f"ablation {where}: '{key}' has an empty choice list; give at least one value."
-                )
-            entries.append(Choice(key, tuple(val)))
-        elif isinstance(val, dict) and val and set(val) <= RANGE_KEYS:
-            if "low" not in val or "high" not in val:
-                raise LabError(f"ablation {where}: range '{key}' needs both low and high.")
-            lo, hi = val["low"], val["high"]
-            is_int = all(isinstance(v, int) for v in (lo, hi)) and not isinstance(
-                val.get("step", 1), float)
-            if hi < lo:
-                raise LabError(f"ablation {where}: range '{key}' has high {hi} < low {lo}.")
-            entries.append(Range(key, lo, hi, val.get("step"), bool(val.get("log", False)), is_int))
-        elif isinstance(val, dict) and val:
-            arms = {v: (parse_space(sub, f"{where}.{key}.{v}") if sub else ())
-                    for v, sub in val.items()}
-            entries.append(Choice(key, tuple(val), arms))
-        else:
-            raise LabError(
-                f"ablation {where}: '{key}' must be a list of values, a range "
-                "{low, high[, step, log]}, or a mapping of values to sub-spaces; got "
-                f"{val!r}."
-            )
-    return tuple(entries)
-
-def range_values(r: Range) -> list:
-    if r.step is None:
-        if not r.is_int:
-            raise LabError(
-                f"a grid over the float range '{r.key}' needs a step; add step: ... or use "
-                "sampler: tpe."
-            )
-        step = 1
-    else:
-        step = r.step
-    n = int(math.floor((r.high - r.low) / step + 1e-9)) + 1
-    vals = [r.low + i * step for i in range(n)]
-    return [int(v) for v in vals] if r.is_int else [round(v, 12) for v in vals]
-
-def expand(space: tuple, prefix: dict | None = None) -> Iterator[tuple[dict, str]]:
-    """Every assignment of the space (a grid), with the arm (group) it belongs to."""
-    prefix = dict(prefix or {})
-    if not space:
-        yield prefix, ""
-        return
-    head, rest = space[0], space[1:]
-    values = head.values if isinstance(head, Choice) else range_values(head)
-    for v in values:
-        here = {**prefix, head.key: v}
-        sub = head.arms.get(v, ()) if isinstance(head, Choice) and head.arms else ()
-        for assign, group in expand(sub + rest, here):
-            arm = str(v) if isinstance(head, Choice) and head.arms else ""
-            yield assign, group or arm
-
-def short_key(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-def fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return json.dumps(v) if isinstance(v, list | dict) else str(v)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +83,7 @@ class Ablation:
     study: str
     workers: int | None
     analysis: dict[str, Any] = field(default_factory=dict)  # the keys given (AnalysisSpec)
+    tune: TuneSpec | None = None
 
     # ---------------------------------------------------------------- configs
     def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
@@ -283,6 +146,8 @@ class Ablation:
             base.pop(k, None)
         ident = {"base": base, "space": self.space_spec, "objective": self.objective,
                  "direction": self.direction, "sampler": self.sampler}
+        if self.tune is not None:  # absent from studies without tuning: their ids are unchanged
+            ident["tune"] = self.tune.spec()
         blob = json.dumps(ident, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16], ident
 
@@ -376,7 +241,10 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         direction=direction, sampler=sampler, n_trials=n_trials,
         pruner=None if pruner in (None, "none") else pruner, storage=storage, study=study,
         workers=workers, analysis=parse_analysis(raw.get("analysis"), str(path)),
+        tune=parse_tune(raw.get("tune"), seeds, str(path)),
     )
+    if abl.tune is not None and abl.sampler != "grid":
+        raise LabError(f"ablation '{path}': tune needs sampler: grid (settings x seeds).")
     check_space_keys(abl)
     return abl
 

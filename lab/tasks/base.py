@@ -8,7 +8,8 @@ A task is a class with:
   ``causal`` (whether a position may only see earlier ones), ``chance`` (per-token accuracy
   of the best input-independent guess);
 - ``sample(n, generator, split) -> (x, y)``: ``n`` sequences of ``split`` in
-  ``{"train", "val", "ood"}``, generated with vectorised torch ops from ``generator``;
+  ``{"train", "val", "ood", "tune"}`` ("tune" is drawn like "val"), generated with vectorised
+  torch ops from ``generator``;
   ``x`` is ``(n, T) int64``, ``y`` is ``(n, T) int64`` with ``-100`` where there is no target;
 - ``reference(x) -> y``: the same labels computed by a plain, obviously-correct loop over the
   examples (used by the tests only);
@@ -27,7 +28,9 @@ import torch
 from lab.errors import ConfigError
 
 IGNORE = -100
-SPLITS = ("train", "val", "ood")
+# "tune": instances of the validation distribution, drawn apart from "val", that per-setting
+# hyperparameter tuning is scored on, so the reported validation split never chose a value.
+SPLITS = ("train", "val", "ood", "tune")
 
 
 class Task:

@@ -40,10 +40,13 @@ class TrainStream(IterableDataset):
             step += 1
 
 
+EVAL_SPLITS = ("val", "ood")  # what a run validates on; tuning trials use ("tune",)
+
+
 class TaskData(pl.LightningDataModule):
-    def __init__(self, task: Task, cfg: LabConfig):
+    def __init__(self, task: Task, cfg: LabConfig, splits: tuple[str, ...] = EVAL_SPLITS):
         super().__init__()
-        self.task, self.cfg = task, cfg
+        self.task, self.cfg, self.splits = task, cfg, tuple(splits)
         self._eval: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def eval_set(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,4 +62,4 @@ class TaskData(pl.LightningDataModule):
 
     def val_dataloader(self):
         return [DataLoader(TensorDataset(*self.eval_set(s)), batch_size=EVAL_BATCH)
-                for s in ("val", "ood")]
+                for s in self.splits]

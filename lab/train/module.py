@@ -15,7 +15,7 @@ from lab.eval.adaptive import exit_settings
 from lab.eval.metrics import Accuracy, Diagnostics
 from lab.model import StackPlan, build_model
 from lab.tasks import IGNORE, Task
-from lab.train.data import mix
+from lab.train.data import EVAL_SPLITS, mix
 from lab.train.optim import build_optimizer
 
 
@@ -37,17 +37,27 @@ def sample_loops(cfg: LabConfig, step: int) -> int:
 
 
 class LabModule(pl.LightningModule):
-    def __init__(self, cfg: LabConfig, task: Task, plan: StackPlan):
+    def __init__(self, cfg: LabConfig, task: Task, plan: StackPlan,
+                 splits: tuple[str, ...] = EVAL_SPLITS):
         super().__init__()
         self.cfg, self.task, self.plan = cfg, task, plan
         self.model = build_model(cfg, task, plan)
         self.eval_loops = cfg.model.eval_loops or cfg.model.loops
-        self.acc = {s: Accuracy() for s in ("val", "ood")}
-        self.loops_used = {s: [0, 0] for s in ("val", "ood")}  # adaptive exit: sum, count
+        self.splits = tuple(splits)  # one validation dataloader per split, in this order
+        self.acc = {s: Accuracy() for s in self.splits}
+        self.loops_used = {s: [0, 0] for s in self.splits}  # adaptive exit: sum, count
         self.diag = Diagnostics()
         self.final: dict[str, float] = {}
+        # Metrics at every validation step (diagnostics excluded): the learning curve.
+        self.history: list[dict[str, float]] = []
         m = cfg.model
         self._traced = m.supervision == "every" or m.bptt_loops is not None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lab_history"] = list(self.history)  # a resumed run keeps its curve
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("lab_history", []))
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.parameters(), self.cfg)
@@ -81,8 +91,8 @@ class LabModule(pl.LightningModule):
     # -------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         x, y = batch
-        split = ("val", "ood")[dataloader_idx]
-        if split == "val" and self.cfg.eval.diagnostics:
+        split = self.splits[dataloader_idx]
+        if split == self.splits[0] and self.cfg.eval.diagnostics:
             out = self.model.trace(x, self.eval_loops, keep=True)
             self.diag.update(out, y)
             logits = out.logits
@@ -114,6 +124,8 @@ class LabModule(pl.LightningModule):
         for k, v in metrics.items():
             self.log(k, v, add_dataloader_idx=False, prog_bar=k == "val/acc_token")
         self.final = metrics
+        self.history.append({"step": self.global_step,
+                             **{k: v for k, v in metrics.items() if not k.startswith("diag/")}})
 
 
 class Throughput(Callback):

@@ -25,7 +25,7 @@ from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
-from lab.train.data import TaskData
+from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.module import Diverged, LabModule, Throughput
 
 
@@ -58,6 +58,8 @@ class RunResult:
     resumed_from_step: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] = field(default_factory=dict)
+    # Metrics at every validation step: [{"step": s, "val/acc_token": ..., ...}, ...].
+    curve: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -124,6 +126,7 @@ def train(
     callbacks: list[Callback] | None = None,
     progress: bool | None = None,
     hparams: dict[str, Any] | None = None,
+    eval_splits: tuple[str, ...] = EVAL_SPLITS,
 ) -> RunResult:
     """Train one run; write config, provenance, results and a TensorBoard run into its dir."""
     quiet_lightning()
@@ -149,10 +152,10 @@ def train(
         {**provenance(), "plan": plan_record(plan, cfg)}, indent=2))
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = LabModule(cfg, task, plan)
+    module = LabModule(cfg, task, plan, eval_splits)
     if cfg.train.compile:
         module.model.compile()
-    data = TaskData(task, cfg)
+    data = TaskData(task, cfg, eval_splits)
     t = cfg.train
     throughput = Throughput(t.batch_size * task.seq_len, t.log_every)
     cbs: list[Callback] = [throughput, *(callbacks or [])]
@@ -190,6 +193,7 @@ def train(
         result.status, result.reason = "diverged", str(e)
     result.wall_time_s = time.perf_counter() - t0
     result.steps = trainer.global_step
+    result.curve = module.history  # filled below too, if a last validation runs
     if resume_from:
         result.resumed_from_step = throughput.start_step
     if result.status == "ok":
@@ -204,7 +208,7 @@ def train(
     if result.status == "ok":
         if cfg.eval.cost:
             result.costs.update(cost.measured_costs(model, task, module.eval_loops, cfg))
-        if plan.looped:
+        if plan.looped and "val" in eval_splits:
             result.extrapolation = extrapolate(model, task, data, cfg)
             _log_extrapolation(logger, result.extrapolation)
             if plan.loop_mode == "serial" and cfg.eval.diagnostics:
