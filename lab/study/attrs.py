@@ -24,6 +24,7 @@ QUEUED_ATTR = "lab.queued"  # the trial was enqueued by the lab (grid studies)
 FIRST_TRIAL_ATTR = "lab.first_trial"  # number of the pair's first attempt (its run directory)
 SPURIOUS_ATTR = "lab.spurious"  # a trial asked for after the queue had emptied: not a result
 GIT_ATTR = "lab.git"
+TUNED_PARAMS_ATTR = "lab.tuned_params"  # the tuned values a measured trial ran with
 THREADS_ATTR = "lab.threads"
 
 # Trial user attributes holding results (see lab.study.objective.record).
@@ -31,9 +32,10 @@ METRICS_ATTR = "metrics"  # final metrics {name: value}, diagnostics excluded
 DIAGNOSTICS_ATTR = "diagnostics"  # per-loop / per-layer diagnostics
 EXTRAPOLATION_ATTR = "extrapolation"  # {split: {loops: accuracy}}
 ADAPTIVE_ATTR = "adaptive"  # {criterion: [rows]}
+CURVE_ATTR = "curve"  # the learning curve: {"step": [...], metric: [...]} at every validation
 RESULT_ATTRS = ("metrics", "diagnostics", "extrapolation", "adaptive", "plan", "widths",
                 "mlp_hidden", "latency_mode", "run_dir", "wall_time_s", "steps",
-                "resumed_from_step")
+                "resumed_from_step", "curve")
 
 # Study user attributes.
 FINGERPRINT_ATTR = "lab.fingerprint"
@@ -43,6 +45,8 @@ BASE_CONFIG_ATTR = "lab.base_config"
 TASK_ATTR = "lab.task"
 PROVENANCE_ATTR = "lab.provenance"
 CREATED_ATTR = "lab.created"
+TUNED_ATTR = "lab.tuned"  # {setting: {params, value, points, trials, pruned, steps, ...}}
+TUNE_OF_ATTR = "lab.tune_of"  # on a tuning study: the main study it tunes for
 
 INTERRUPTED = "interrupted"  # the fail reason of a trial until it ends otherwise
 FINAL_FAILURES = ("diverged",)  # fail reasons that are results: never retried

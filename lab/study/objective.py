@@ -9,6 +9,7 @@ from lab.errors import LabError
 from lab.provenance import git_info
 from lab.study.attrs import (
     AXIS_ATTR,
+    CURVE_ATTR,
     FAIL_ATTR,
     FIRST_TRIAL_ATTR,
     GIT_ATTR,
@@ -18,15 +19,18 @@ from lab.study.attrs import (
     SETTING_ATTR,
     SPURIOUS_ATTR,
     THREADS_ATTR,
+    TUNED_PARAMS_ATTR,
     WORKER_ATTR,
     decode,
     encode,
     pair_key,
 )
 from lab.study.queue import worker_identity
-from lab.study.space import Choice, fmt_value, short_key
+from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
+from lab.study.tune import TUNE_GROUP, point_label, tune_objective_key, tuned_params
 from lab.train import train
+from lab.train.data import EVAL_SPLITS
 
 
 class TrialFailed(Exception):
@@ -81,14 +85,16 @@ def pruning_callback(trial, monitor: str):
             step = trainer.global_step
             self.lab_trial.report(float(score), step=step)
             if self.lab_trial.should_prune():
+                self.lab_trial.set_user_attr("steps", step)
                 raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor}={float(score):.4f}")
             return None
 
     return StepPruning(trial, monitor=monitor)
 
-def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
+def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
+                   tune_setting: Setting | None = None):
+    """The objective of the measured trials, or of one setting's tuning trials."""
     import optuna
-
 
     def objective(trial: optuna.trial.Trial) -> float:
         # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
@@ -113,28 +119,49 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
             trial.set_user_attr(SPURIOUS_ATTR, True)
             raise optuna.TrialPruned("no queued work left")
         trial.set_user_attr(WORKER_ATTR, worker_identity())
-        params = suggest(trial, abl.space, abl.seeds)
-        seed = params.pop("seed")
-        label, group, axis = setting_label(abl, params)
+        steps = None
+        if tune_setting is None:
+            params = suggest(trial, abl.space, abl.seeds)
+            seed = params.pop("seed")
+            label, group, axis = setting_label(abl, params)
+            tuned = tuned_params(trial.study, label)
+            if tuned:
+                trial.set_user_attr(TUNED_PARAMS_ATTR, tuned)
+            name, objective_key, splits = abl.study, abl.objective, EVAL_SPLITS
+        else:
+            assert abl.tune is not None
+            tuned = suggest(trial, abl.tune.space, abl.tune.seeds)
+            seed = tuned.pop("seed")
+            params, group, axis = tune_setting.params, TUNE_GROUP, None
+            label = point_label(tuned)
+            name, objective_key = f"{abl.study}-tune", tune_objective_key(abl.objective)
+            splits = ("tune",)
+            steps = max(1, round(abl.tune.budget * abl.config().train.steps))
         trial.set_user_attr(SETTING_ATTR, label)
         trial.set_user_attr(GROUP_ATTR, group)
         if axis is not None:
             trial.set_user_attr(AXIS_ATTR, axis)
         first = trial.user_attrs.get(FIRST_TRIAL_ATTR, trial.number)
-        slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
-        slug = "-".join(filter(None, slug.split("-")))
+        slug = "".join(c if c.isalnum() or c in ".+" else "-" for c in
+                       (label if tune_setting is None else f"{tune_setting.label}-{label}"))
+        slug = "-".join(filter(None, slug.strip("-").split("-")))
         version = f"{first:04d}-{slug}-seed{seed}"
         retry = first != trial.number
-        cfg = abl.config(params, seed)
+        cfg = abl.config({**params, **tuned}, seed)
         cfg.train.threads = threads
         cfg.train.progress = False
         cfg.resume = retry
+        if steps is not None:  # tuning: its budget, no cost pass or diagnostics
+            cfg.train.steps = steps
+            cfg.eval.cost = cfg.eval.diagnostics = False
         trial.set_user_attr(GIT_ATTR, git_info())
         trial.set_user_attr(THREADS_ATTR, threads)
-        callbacks = [pruning_callback(trial, abl.objective)] if abl.pruner else []
+        # Reports the objective at every validation step (intermediate values), and prunes
+        # when the study has a pruner (Optuna's NopPruner never prunes).
+        callbacks = [pruning_callback(trial, objective_key)]
         try:
-            res = train(cfg, save_dir=runs_dir, name=abl.study, version=version,
-                        callbacks=callbacks, progress=False,
+            res = train(cfg, save_dir=runs_dir, name=name, version=version,
+                        callbacks=callbacks, progress=False, eval_splits=splits,
                         hparams={"trial": trial.number, "setting": label})
         except optuna.TrialPruned:
             raise
@@ -149,9 +176,9 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
         if res.status != "ok":
             trial.set_user_attr(FAIL_ATTR, f"diverged: {res.reason}")
             raise TrialFailed(res.reason or "diverged")
-        value = res.metrics.get(abl.objective)
+        value = res.metrics.get(objective_key)
         if value is None or not math.isfinite(value):
-            trial.set_user_attr(FAIL_ATTR, f"diverged: objective {abl.objective} = {value}")
+            trial.set_user_attr(FAIL_ATTR, f"diverged: objective {objective_key} = {value}")
             raise TrialFailed("objective is not finite")
         return float(value)
 
@@ -178,5 +205,16 @@ def record(res) -> dict[str, Any]:
         "plan": res.plan["description"],
         "widths": res.plan["widths"],
         "mlp_hidden": res.plan["hidden"],
+        CURVE_ATTR: curve_columns(res.curve),
     })
+    return out
+
+
+def curve_columns(curve: list[dict[str, float]]) -> dict[str, list[float | None]]:
+    """The learning curve as columns: {"step": [...], "val/acc_token": [...], ...}."""
+    keys = sorted({k for row in curve for k in row} - {"step"})
+    out: dict[str, list[float | None]] = {"step": [int(r["step"]) for r in curve]}
+    for k in keys:
+        out[k] = [None if (v := r.get(k)) is None or not math.isfinite(v) else float(v)
+                  for r in curve]
     return out

@@ -82,27 +82,41 @@ def reclaim_dead_local_trials(study, storage) -> list[int]:
             requeued.append(t.number)
     return requeued
 
-def queue_missing(study, abl: Ablation) -> tuple[int, int]:
-    """Enqueue every (setting, seed) pair not done, queued or running. Returns (done, queued)."""
+
+# One unit of queued work: (setting label, group, params without the seed, seed).
+QueueItem = tuple[str, str, dict[str, Any], int]
+
+
+def pair_items(abl: Ablation) -> list[QueueItem]:
+    """The measured (setting, seed) pairs of a grid ablation."""
+    return [(s.label, s.group, s.params, seed) for s, seed in abl.pairs()]
+
+
+def queue_missing(study, abl_or_items: Ablation | list[QueueItem]) -> tuple[int, int]:
+    """Enqueue every pair not done, queued or running. Returns (done, queued)."""
     from optuna.trial import TrialState
 
+    items = pair_items(abl_or_items) if isinstance(abl_or_items, Ablation) else abl_or_items
     trials = study.get_trials(deepcopy=False)
     done = {trial_pair(t) for t in trials if is_done(t)}
     pending = {trial_pair(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     first_attempt = first_attempts(trials)
-    n_new = 0
-    for setting, seed in abl.pairs():
-        params = pair_params(setting.params, seed)
+    n_new = n_done = 0
+    for label, group, p, seed in items:
+        params = pair_params(p, seed)
         key = pair_key(params)
-        if key in done or key in pending:
+        if key in done:
+            n_done += 1
             continue
-        attrs = {SETTING_ATTR: setting.label, GROUP_ATTR: setting.group, QUEUED_ATTR: True,
-                 PAIR_ATTR: key}
+        if key in pending:
+            continue
+        attrs = {SETTING_ATTR: label, GROUP_ATTR: group, QUEUED_ATTR: True, PAIR_ATTR: key}
         if key in first_attempt:
             attrs[FIRST_TRIAL_ATTR] = first_attempt[key]
         study.enqueue_trial(params, user_attrs=attrs)
         n_new += 1
-    return sum(1 for s, seed in abl.pairs() if pair_key(pair_params(s.params, seed)) in done), n_new
+    return n_done, n_new
+
 
 def first_attempts(trials) -> dict[str, int]:
     """Trial number of each pair's first attempt: retries reuse its run directory."""
@@ -113,20 +127,25 @@ def first_attempts(trials) -> dict[str, int]:
             first[k] = t.user_attrs.get(FIRST_TRIAL_ATTR, t.number)
     return first
 
-def reclaim_and_requeue(study, storage, abl: Ablation) -> list[int]:
+
+def reclaim_and_requeue(study, storage, abl: Ablation,
+                        items: list[QueueItem] | None = None) -> list[int]:
     with file_lock(lock_path_for(abl.storage)):
         dead = reclaim_dead_local_trials(study, storage)
         if dead:
-            queue_missing(study, abl)
+            queue_missing(study, abl if items is None else items)
     return dead
+
 
 def has_work(study) -> bool:
     from optuna.trial import TrialState
 
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
-def count_done(trials, abl: Ablation) -> int:
-    if abl.sampler != "grid":
+
+def count_done(trials, abl_or_items: Ablation | list[QueueItem]) -> int:
+    if isinstance(abl_or_items, Ablation) and abl_or_items.sampler != "grid":
         return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
-    wanted = {pair_key(pair_params(s.params, seed)) for s, seed in abl.pairs()}
+    items = pair_items(abl_or_items) if isinstance(abl_or_items, Ablation) else abl_or_items
+    wanted = {pair_key(pair_params(p, seed)) for _, _, p, seed in items}
     return len({trial_pair(t) for t in trials if is_done(t)} & wanted)

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from lab.config import flatten, to_dict
 from lab.errors import LabError
 from lab.model import resolve
@@ -39,6 +41,7 @@ from lab.study.queue import (
 )
 from lab.study.spec import Ablation, load_ablation
 from lab.study.storage import file_lock, lock_path_for, open_storage, redact_url
+from lab.study.tune import freeze_choices, open_tune_study, tune_items
 from lab.tasks import describe
 
 
@@ -121,7 +124,41 @@ def default_workers(abl: Ablation, requested: int | None) -> int:
     return max(1, int(n))
 
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
+    """Run (or resume) a study: its tuning phase if it has one, then the measured trials."""
     from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    abl = load_ablation(path, overrides)
+    storage = open_storage(abl.storage)
+    study = create_or_load_study(abl, storage)
+    argv = [str(abl.path), *(overrides or [])]
+    if abl.tune is not None:
+        tuning = [(open_tune_study(abl, s, storage), tune_items(abl)) for s in abl.settings()]
+        points = len(abl.tune.grid())
+        shape = (f"{len(tuning)} settings x {points} points x {len(abl.tune.seeds)} tuning "
+                 f"seed(s), {abl.tune.budget:g}x the steps, pruner {abl.tune.pruner}")
+        rc = run_phase(console, abl, storage, f"{abl.study} (tuning)", shape, tuning,
+                       [*argv, "--phase", "tune"], workers)
+        if rc:
+            return rc
+        tuned = freeze_choices(abl, study, storage)
+        for label, t in tuned.items():
+            chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in t["params"].items()) or "nothing completed"
+            console.print(f"  tuned {escape(label)}: {escape(chosen)}")
+        if any(not t["params"] for t in tuned.values()):
+            console.print("[red]a setting has no completed tuning trial; run the same command "
+                          "again to resume.[/red]")
+            return 1
+    shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
+             else f"sampled by {abl.sampler}")
+    return run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, workers)
+
+
+def run_phase(console, abl: Ablation, storage, title: str, shape: str,
+              studies: list[tuple], argv: list[str], workers: int | None) -> int:
+    """Queue what is missing in `studies` ((study, items); items None = the ablation's
+    pairs), start workers, show progress until they finish. Returns an exit code."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -131,79 +168,84 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True, soft_wrap=True)
-    abl = load_ablation(path, overrides)
-    storage = open_storage(abl.storage)
-    study = create_or_load_study(abl, storage)
+    def work(items):
+        return abl if items is None else items
+
     with file_lock(lock_path_for(abl.storage)):
-        reclaim_dead_local_trials(study, storage)
-        if abl.sampler == "grid":
-            done, _ = queue_missing(study, abl)
-        else:
-            done = count_done(study.get_trials(deepcopy=False), abl)
-    total = len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials
+        for st, items in studies:
+            reclaim_dead_local_trials(st, storage)
+            if abl.sampler == "grid":
+                queue_missing(st, work(items))
+
+    def n_done() -> int:
+        return sum(count_done(st.get_trials(deepcopy=False), work(items)) for st, items in studies)
+
+    total = sum(len(items) if items is not None else
+                (len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials)
+                for _, items in studies)
+    done = n_done()
     n_workers = default_workers(abl, workers)
     if abl.sampler == "grid":
         n_workers = min(n_workers, max(1, total - done))
     threads = max(1, (os.cpu_count() or 1) // n_workers)
-    shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
-             else f"sampled by {abl.sampler}")
     console.print(
-        f"[bold]{abl.study}[/bold]: {total} trials ({shape}), {done} already done; "
-        f"{n_workers} worker(s) x {threads} thread(s); storage {redact_url(abl.storage)}"
+        f"[bold]{escape(title)}[/bold]: {total} trials ({escape(shape)}), {done} already done; "
+        f"{n_workers} worker(s) x {threads} thread(s); storage {escape(redact_url(abl.storage))}"
     )
-    remaining = total - done
-    if remaining > 0:
-        argv = [str(abl.path), "--threads", str(threads), *(overrides or [])]
-        t0 = time.time()
-        seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-        procs: list[subprocess.Popen] = []
-        try:
-            with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
-                          MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                          TimeRemainingColumn(), console=console, transient=False) as progress:
-                bar = progress.add_task(abl.study, total=total, completed=done)
-                procs = [spawn_worker(argv) for _ in range(n_workers)]
-                respawns = 0
-                while True:
-                    time.sleep(1.0)
-                    trials = study.get_trials(deepcopy=False)
-                    for t in trials:
-                        if t.state.is_finished() and t.number not in seen:
-                            seen.add(t.number)
+    if total - done <= 0:
+        return 0
+    argv = [argv[0], "--threads", str(threads), *argv[1:]]
+    t0 = time.time()
+    seen = {(st.study_name, t.number) for st, _ in studies
+            for t in st.get_trials(deepcopy=False) if t.state.is_finished()}
+    procs: list[subprocess.Popen] = []
+    try:
+        with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                      TimeRemainingColumn(), console=console, transient=False) as progress:
+            bar = progress.add_task(escape(title), total=total, completed=done)
+            procs = [spawn_worker(argv) for _ in range(n_workers)]
+            respawns = 0
+            while True:
+                time.sleep(1.0)
+                for st, _ in studies:
+                    for t in st.get_trials(deepcopy=False):
+                        if t.state.is_finished() and (st.study_name, t.number) not in seen:
+                            seen.add((st.study_name, t.number))
                             if not t.user_attrs.get(SPURIOUS_ATTR):
                                 progress.console.print(trial_line(t, abl))
-                    progress.update(bar, completed=count_done(trials, abl))
-                    alive = [p for p in procs if p.poll() is None]
-                    if len(alive) < len(procs):
-                        died = [p for p in procs if p.poll() not in (None, 0)]
-                        if died:
-                            reclaim_and_requeue(study, storage, abl)
-                        if has_work(study) and respawns < 3 * n_workers:
-                            need = n_workers - len(alive)
-                            alive += [spawn_worker(argv) for _ in range(need)]
-                            respawns += need
-                        procs = alive
-                    if not procs:
-                        break
-                progress.update(bar, completed=count_done(study.get_trials(deepcopy=False), abl))
-        except KeyboardInterrupt:
-            stop_workers(procs)
-            console.print(
-                f"[yellow]interrupted[/yellow]: {count_done(study.get_trials(deepcopy=False), abl)}"
-                f"/{total} trials done; run the same command again to resume."
-            )
-            return 130
-        console.print(f"sweep finished in {time.time() - t0:.0f}s")
-        missing = total - count_done(study.get_trials(deepcopy=False), abl)
-        if missing > 0:
-            console.print(
-                f"[red]{missing} of {total} trials did not complete: the workers stopped "
-                f"(see the messages above). Run the same command again to resume.[/red]"
-            )
-            if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
-                return 1
+                progress.update(bar, completed=n_done())
+                alive = [p for p in procs if p.poll() is None]
+                if len(alive) < len(procs):
+                    died = [p for p in procs if p.poll() not in (None, 0)]
+                    if died:
+                        for st, items in studies:
+                            reclaim_and_requeue(st, storage, abl, items)
+                    if any(has_work(st) for st, _ in studies) and respawns < 3 * n_workers:
+                        need = n_workers - len(alive)
+                        alive += [spawn_worker(argv) for _ in range(need)]
+                        respawns += need
+                    procs = alive
+                if not procs:
+                    break
+            progress.update(bar, completed=n_done())
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        console.print(f"[yellow]interrupted[/yellow]: {n_done()}/{total} trials done; run the "
+                      "same command again to resume.")
+        return 130
+    console.print(f"{escape(title)} finished in {time.time() - t0:.0f}s")
+    missing = total - n_done()
+    if missing > 0:
+        console.print(
+            f"[red]{missing} of {total} trials did not complete: the workers stopped "
+            f"(see the messages above). Run the same command again to resume.[/red]"
+        )
+        if not any(t.state.name == "COMPLETE" for st, _ in studies
+                   for t in st.get_trials(deepcopy=False)):
+            return 1
     return 0
+
 
 def spawn_worker(argv: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -224,15 +266,15 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
 def trial_line(t, abl: Ablation) -> str:
     from optuna.trial import TrialState
 
-    label = t.user_attrs.get(SETTING_ATTR, "?")
+    label = escape(str(t.user_attrs.get(SETTING_ATTR, "?")))
     seed = t.params.get("seed", "?")
     wall = t.user_attrs.get("wall_time_s")
     wall_s = f" {wall:.0f}s" if isinstance(wall, int | float) else ""
     if t.state == TrialState.COMPLETE:
         v = t.value
         shown = f"{100 * v:.1f}%" if "acc" in abl.objective else f"{v:.4f}"
-        return f"  [green]done[/green]   #{t.number:<4} {label}, seed {seed}: {abl.objective} {shown}{wall_s}"
+        return f"  [green]done[/green]   #{t.number:<4} {label}, seed {seed}: {shown}{wall_s}"
     if t.state == TrialState.PRUNED:
         return f"  [yellow]pruned[/yellow] #{t.number:<4} {label}, seed {seed}{wall_s}"
     reason = t.user_attrs.get(FAIL_ATTR) or "no reason recorded (its worker stopped reporting)"
-    return f"  [red]failed[/red] #{t.number:<4} {label}, seed {seed}: {reason}"
+    return f"  [red]failed[/red] #{t.number:<4} {label}, seed {seed}: {escape(str(reason))}"

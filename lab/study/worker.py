@@ -15,6 +15,7 @@ from lab.study.objective import TrialFailed, make_objective
 from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
 from lab.study.spec import load_ablation
 from lab.study.storage import file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
+from lab.study.tune import open_tune_study, tune_items
 from lab.train import quiet_lightning
 
 
@@ -51,6 +52,7 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("ablation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default="runs")
+    ap.add_argument("--phase", choices=("tune", "measure"), default="measure")
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
@@ -73,6 +75,11 @@ def worker_main(argv: list[str]) -> int:
             lock.release()
             held["n"] -= 1
 
+    if args.phase == "tune":
+        drain([(open_tune_study(abl, setting, storage), tune_items(abl),
+                make_objective(abl, args.threads, args.runs, release=release, tune_setting=setting))
+               for setting in abl.settings()], storage, abl, acquire, release)
+        return 0
     objective = make_objective(abl, args.threads, args.runs, release=release)
     if abl.sampler == "tpe":
         from optuna.study import MaxTrialsCallback
@@ -82,20 +89,35 @@ def worker_main(argv: list[str]) -> int:
             study.optimize(objective, catch=(TrialFailed,), callbacks=[
                 MaxTrialsCallback(abl.n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
         return 0
+    drain([(study, None, objective)], storage, abl, acquire, release)
+    return 0
+
+
+def drain(queues: list[tuple], storage, abl, acquire, release) -> None:
+    """Pop and run queued trials of the (study, items, objective) queues, in order, until none
+    is waiting or running in any of them."""
+    import optuna
+    from optuna.trial import TrialState
+
     while True:
-        reclaim_and_requeue(study, storage, abl)
+        for study, items, _ in queues:
+            reclaim_and_requeue(study, storage, abl, items)
         acquire()
-        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-        if not waiting:
+        ready = [(study, objective, waiting) for study, _, objective in queues
+                 if (waiting := study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))]
+        if not ready:
             release()
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            running = [study for study, _, _ in queues
+                       if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
             if not running:
-                return 0
+                return
             # Another worker is busy; wait in case its trial goes stale and is re-queued.
             with quiet_optuna(), warnings_off():
-                optuna.storages.fail_stale_trials(study)
+                for study in running:
+                    optuna.storages.fail_stale_trials(study)
             time.sleep(2.0)
             continue
+        study, objective, waiting = ready[0]
         # Optuna pops the oldest waiting trial. Claim it first, so that if this process dies
         # between the pop and the objective's first line, the trial is still known to be ours.
         claimed = trial_id(storage, study, waiting[0].number)
