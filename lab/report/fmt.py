@@ -7,9 +7,12 @@ Used by the report (markdown and console tables) and the CLI tables. Every forma
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.stats import SettingStats
+
+if TYPE_CHECKING:
+    from lab.report.figures.common import Figure
 
 
 def _missing(x: Any) -> bool:
@@ -79,6 +82,11 @@ def fmt_ci(s: SettingStats, objective: str) -> str:
         return "-"
     if s.n < 2 or not math.isfinite(s.ci_low):
         return f"{fmt_obj(s.mean, objective)} (n=1)"
+    if s.identical:
+        return f"{fmt_obj(s.mean, objective)} (all {s.n} seeds identical)"
+    if s.ci_truncated:  # a cut interval is not symmetric: give its ends
+        return f"{fmt_obj(s.mean, objective)} [{fmt_obj(s.ci_low, objective)}, " \
+            f"{fmt_obj(s.ci_high, objective)}]"
     scale = 100 if "acc" in objective else 1
     half = (s.ci_high - s.ci_low) / 2 * scale
     return f"{fmt_obj(s.mean, objective)} ± {half:.1f}" if scale == 100 else \
@@ -97,3 +105,16 @@ def fmt_diff(d: float, lo: float, hi: float, scale: float) -> str:
 def setting_label(s: SettingStats) -> str:
     """A setting's label, prefixed by its arm unless the label already starts with it."""
     return f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(s.group) else s.setting
+
+
+def md_table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    """A markdown table; `align` has one letter per column, "l" or "r" (default: first left)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def image(alt: str, figure: Figure) -> list[str]:
+    return [f"![{alt}]({figure.path})", ""]

@@ -8,25 +8,22 @@ from collections import defaultdict
 import yaml
 
 from lab.report.figures import Figure
-from lab.report.fmt import fmt_bytes, fmt_ci, fmt_diff, fmt_num, fmt_time, setting_label
+from lab.report.fmt import (
+    fmt_bytes,
+    fmt_ci,
+    fmt_diff,
+    fmt_num,
+    fmt_time,
+    image,
+    md_table,
+    setting_label,
+)
+from lab.report.protocol import protocol_section
 from lab.report.study import StudyAnalysis
 from lab.stats import best_per_cost, cheapest_within_best, knee_point, pareto_front
 from lab.study.attrs import GIT_ATTR, PROVENANCE_ATTR, THREADS_ATTR
 from lab.study.spec import Ablation
 from lab.study.storage import redact_url
-
-
-def md_table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """A markdown table; `align` has one letter per column, "l" or "r" (default: first left)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    sep = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def image(alt: str, figure: Figure) -> list[str]:
-    return [f"![{alt}]({figure.path})", ""]
 
 
 def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
@@ -89,6 +86,7 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
     if "axis" in figures:
         lines += image("objective vs axis", figures["axis"])
     lines += verdict_section(sa, verdicts)
+    lines += protocol_section(sa, verdicts, figures)
     lines += cost_section(sa, figures)
     lines += why_section(figures)
     lines += ["## Environment", ""] + environment(sa) + [""]

@@ -26,6 +26,7 @@ from lab.study.attrs import (
     ADAPTIVE_ATTR,
     AXIS_ATTR,
     BASE_CONFIG_ATTR,
+    CURVE_ATTR,
     DIAGNOSTICS_ATTR,
     EXTRAPOLATION_ATTR,
     FAIL_ATTR,
@@ -36,6 +37,8 @@ from lab.study.attrs import (
     SPURIOUS_ATTR,
     TASK_ATTR,
     THREADS_ATTR,
+    TUNED_ATTR,
+    TUNED_PARAMS_ATTR,
     is_done,
     trial_pair,
 )
@@ -49,7 +52,8 @@ COST_KEYS = ("params", "effective_depth", "flops_per_token", "train_flops_per_to
 # The other trial attributes a record carries. Every number among a record's attrs is averaged
 # into its setting's costs (lab.stats.summarize), so counters such as "steps" stay out.
 RECORD_ATTRS = (FAIL_ATTR, METRICS_ATTR, DIAGNOSTICS_ATTR, EXTRAPOLATION_ATTR, ADAPTIVE_ATTR,
-                GIT_ATTR, THREADS_ATTR, "plan", "widths", "mlp_hidden", "latency_mode", "run_dir")
+                GIT_ATTR, THREADS_ATTR, CURVE_ATTR, TUNED_PARAMS_ATTR, "plan", "widths",
+                "mlp_hidden", "latency_mode", "run_dir")
 AXIS_NOUNS = {"model.loops": ("loop", "loops"), "model.n_layers": ("layer", "layers"),
               "model.eval_loops": ("loop", "loops")}
 
@@ -125,8 +129,15 @@ class StudyAnalysis:
         self.direction = self.meta.get("direction", abl.direction)
         self.scale, self.unit = objective_scale(self.objective)
         self.chance = self.task.get("chance") if "acc" in self.objective else None
+        threshold = opts.get("solve_threshold")
+        self.solve_threshold = (float(threshold) if threshold is not None else
+                                0.95 if "acc" in self.objective else None)
+        # The metric's range: interval ends beyond it are cut (and marked) in the table.
+        self.bounds = (0.0, 1.0) if "acc" in self.objective else (
+            (0.0, math.inf) if self.objective.endswith(("loss", "bpb")) else None)
+        self.tuned = study.user_attrs.get(TUNED_ATTR) or {}
         self.records, self.notes = trial_records(study)
-        self.stats = summarize(self.records, confidence=self.confidence)
+        self.stats = summarize(self.records, confidence=self.confidence, bounds=self.bounds)
         self.groups: dict[str, list[SettingStats]] = defaultdict(list)
         for s in self.stats:
             self.groups[s.group].append(s)
@@ -150,13 +161,20 @@ class StudyAnalysis:
             return self.primary
         return next(iter(self.groups))
 
-    def verdicts(self) -> list[tuple[str, CurveVerdict | CompareVerdict]]:
-        """(group, verdict) for every arm: a curve verdict on ordered arms, else a comparison."""
+    def verdicts(self, stats: list[SettingStats] | None = None
+                 ) -> list[tuple[str, CurveVerdict | CompareVerdict]]:
+        """(group, verdict) for every arm: a curve verdict on ordered arms, else a comparison.
+        `stats`: other statistics of the same settings (e.g. at half the budget)."""
         out: list[tuple[str, CurveVerdict | CompareVerdict]] = []
         opts = self.verdict_options
+        by_group: dict[str, list[SettingStats]] = defaultdict(list)
+        for s in self.stats if stats is None else stats:
+            by_group[s.group].append(s)
         groups = [self.primary_group()] + [g for g in self.groups if g != self.primary_group()]
         for g in groups:
-            ss = [s for s in self.groups[g] if s.n > 0] or self.groups[g]
+            ss = [s for s in by_group[g] if s.n > 0] or by_group[g]
+            if not ss:
+                continue
             if self.ordered(g):
                 v: CurveVerdict | CompareVerdict = curve_verdict(
                     ss, opts, name=axis_namer(axis_key(self.meta, g)))

@@ -18,16 +18,27 @@ Method (quoted in reports):
   Two settings "differ significantly" when the interval of their difference excludes 0.
 * Marginal gain: the difference from each setting on the ordered axis to the next one.
 * Saturation point: the smallest setting j such that no later setting k > j is better than j
-  by a margin whose whole confidence interval lies above the minimum gain, i.e.
-  low(diff(j, k)) > min_gain holds for no k > j. If only the last setting satisfies this
-  (which happens exactly when the step into it has low > min_gain), the curve has not
-  levelled off within the range.
+  by a shown gain, one whose whole confidence interval lies above the minimum gain
+  (low(diff(j, k)) > min_gain). If that is only the last setting, the curve has not levelled
+  off within the range.
+* "Levels off at j" further needs evidence of no worthwhile gain beyond j, an equivalence
+  test: every later setting's improvement over j has its upper confidence bound below
+  min_gain. Where the data neither show a gain nor exclude one, the verdict is
+  "inconclusive", with about how many seeds per setting would decide it at the observed
+  spread (normal approximation: n = 2 (z s / |d - min_gain|)^2, s the pooled per-seed
+  standard deviation, d the observed improvement).
 * Best setting: the one with the best mean. Regression: a setting after the best one whose
-  difference to the best has its whole confidence interval below 0 (significantly worse).
-* No verdict is given when (a) some setting has fewer than 2 completed trials, (b) every
+  difference to the best lies wholly below -min_gain (a shown loss).
+* Comparisons of unordered settings: a setting wins when its whole interval over the
+  reference clears min_gain; when no pair differs significantly, the settings are called
+  equivalent only if every interval lies within (-min_gain, +min_gain), else inconclusive.
+* Bounded metrics (accuracies): a mean's interval is cut to the metric's range and marked so.
+  Settings whose seeds all gave the same value are reported as such, not as a zero-width
+  interval. Thresholded outcomes (a run solves the task or not) are also summarized as success
+  rates with exact Clopper-Pearson intervals and compared with Fisher's exact test.
+* No verdict is given when (a) some setting has fewer than 2 completed trials, or (b) every
   setting is at chance (when a chance level is given: for a maximized objective, every
-  setting's upper confidence bound is below chance + min_gain; mirrored when minimized),
-  or (c) no pair of settings differs significantly (every pairwise interval contains 0).
+  setting's upper confidence bound is below chance + min_gain; mirrored when minimized).
 * The knee point (Kneedle: both axes normalized so the first point maps to (0, 0) and the
   last to (1, 1); the knee is the interior point farthest above that chord) is a second
   opinion only, never the verdict.

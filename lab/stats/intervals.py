@@ -84,3 +84,53 @@ def diff_ci(a: Values, b: Values, confidence: float = 0.95) -> tuple[float, floa
         return diff, diff, diff
     half = t_quantile(_two_sided(confidence), welch_df(xa, xb)) * math.sqrt(se2)
     return diff, diff - half, diff + half
+
+
+def clip_interval(low: float, high: float, bounds: tuple[float, float] | None
+                  ) -> tuple[float, float, bool]:
+    """The interval cut to the metric's range, and whether it was cut (t-intervals of bounded
+    metrics such as accuracies can leave [0, 1] on small, spread-out samples)."""
+    if bounds is None or not (math.isfinite(low) and math.isfinite(high)):
+        return low, high, False
+    lo, hi = max(low, bounds[0]), min(high, bounds[1])
+    return lo, hi, (lo, hi) != (low, high)
+
+
+def proportion_ci(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of a success rate k / n."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return NAN, NAN
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def fisher_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two success rates are equal."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+
+
+def seeds_to_decide(a: Values, b: Values, improvement: float, min_gain: float,
+                    confidence: float = 0.95, cap: int = 1000) -> int | None:
+    """About how many seeds per setting would make the interval of an improvement decide
+    between "a gain of at least min_gain" (low > min_gain) and "no worthwhile gain"
+    (high < min_gain), at the spread observed so far.
+
+    Normal approximation: the half-width is z * s * sqrt(2 / n) for a pooled per-seed
+    standard deviation s. None when the spread is unknown (fewer than 2 seeds) or the
+    improvement sits exactly at min_gain; at most `cap`.
+    """
+    xa, xb = _array(a), _array(b)
+    if xa.size < 2 or xb.size < 2 or not math.isfinite(improvement):
+        return None
+    s = math.sqrt((_var(xa) + _var(xb)) / 2)
+    target = abs(improvement - min_gain)  # the half-width that decides either way
+    if target == 0.0:
+        return None
+    if s == 0.0:
+        return max(xa.size, xb.size)
+    z = float(student_t.ppf(_two_sided(confidence), math.inf))
+    return min(cap, max(2, math.ceil(2 * (z * s / target) ** 2)))

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from lab.stats.intervals import mean_ci
+from lab.stats.intervals import clip_interval, mean_ci
 
 COUNTED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -40,6 +40,12 @@ class SettingStats:
     ci_low: float
     ci_high: float
     costs: dict[str, float]
+    ci_truncated: bool = False  # the t-interval was cut to the metric's range
+
+    @property
+    def identical(self) -> bool:
+        """Every seed gave the same value: the interval is a point, not a measurement."""
+        return self.n >= 2 and all(v == self.values[0] for v in self.values)
 
 
 def direction_sign(direction: str) -> float:
@@ -63,14 +69,16 @@ def _is_number(v: Any) -> bool:
     )
 
 
-def summarize(records: list[TrialRecord], confidence: float = 0.95) -> list[SettingStats]:
+def summarize(records: list[TrialRecord], confidence: float = 0.95,
+              bounds: tuple[float, float] | None = None) -> list[SettingStats]:
     """One SettingStats per (group, setting).
 
     Groups come in order of first appearance; within a group, settings keep their order of
     first appearance unless every setting of the group has an axis, in which case they are
     sorted by axis. RUNNING/WAITING trials are ignored entirely. A COMPLETE trial without a
     finite value counts as failed. Every finite number among a trial's attrs is averaged into
-    the setting's costs.
+    the setting's costs. With `bounds` (the metric's range, e.g. (0, 1) for an accuracy) the
+    interval of a mean is cut to that range and marked as cut.
     """
     order: dict[str, list[str]] = {}
     axes: dict[tuple[str, str], float | None] = {}
@@ -108,6 +116,7 @@ def summarize(records: list[TrialRecord], confidence: float = 0.95) -> list[Sett
             trials = [complete[key][seed] for seed in sorted(complete[key])]
             values = [float(t.value) for t in trials]  # type: ignore[arg-type]
             mean, std, low, high = mean_ci(values, confidence)
+            low, high, cut = clip_interval(low, high, bounds)
             cost_values: dict[str, list[float]] = {}
             for t in trials:
                 for k, v in t.attrs.items():
@@ -128,6 +137,7 @@ def summarize(records: list[TrialRecord], confidence: float = 0.95) -> list[Sett
                     ci_low=low,
                     ci_high=high,
                     costs={k: float(np.mean(v)) for k, v in cost_values.items()},
+                    ci_truncated=cut,
                 )
             )
     return out

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lab.stats.intervals import diff_ci
+from lab.stats.intervals import diff_ci, seeds_to_decide
 from lab.stats.summary import SettingStats, best_index, direction_sign
 
 
@@ -54,6 +54,8 @@ class CurveVerdict:
     regressions: list[str]
     gains: list[Gain]
     levelled_off: bool
+    # Inconclusive verdicts: about how many seeds per setting would decide (None: unknown).
+    seeds_needed: int | None = None
 
 
 @dataclass
@@ -190,23 +192,17 @@ def curve_verdict(
     rule = _no_verdict_reason(stats, name, o)
     if rule is not None:
         return unsupported(*rule)
-    widest = _largest_insignificant(stats, sign, conf)
-    if widest is not None:
-        i, k, (d, lo, hi) = widest
-        return unsupported(
-            "no significant differences",
-            f"No setting differs significantly from another (largest difference: {names[k]} vs "
-            f"{names[i]}, {_amount(d, lo, hi, o)}): no verdict.",
-        )
 
     last = len(stats) - 1
+    # The first setting that no later one beats by a shown gain (whole interval > min_gain).
     sat = next(
         j
         for j in range(len(stats))
         if not any(imp(j, k)[1] > o.min_gain for k in range(j + 1, len(stats)))
     )
     to_best = {k: imp(best_i, k) for k in range(best_i + 1, len(stats))}
-    regress = [k for k, (_, _, hi) in to_best.items() if hi < 0]
+    # A regression is a shown loss: the whole interval lies below -min_gain.
+    regress = [k for k, (_, _, hi) in to_best.items() if hi < -o.min_gain]
     regressions = [names[k] for k in regress]
 
     if sat == last:
@@ -218,6 +214,28 @@ def curve_verdict(
         )
         return CurveVerdict(sentence, True, "", best, None, regressions, gains, False)
 
+    # "Levels off at sat" needs evidence of no worthwhile gain beyond it (an equivalence
+    # test): every later setting's improvement over sat has its upper bound below min_gain.
+    later = {k: imp(sat, k) for k in range(sat + 1, len(stats))}
+    open_k = [k for k, (_, _, hi) in later.items() if hi >= o.min_gain]
+    if open_k:
+        k = max(open_k, key=lambda k: later[k][2])
+        d, lo, hi = later[k]
+        n = seeds_to_decide(stats[sat].values, stats[k].values, d, o.min_gain, conf)
+        need = (f"about {n} seeds per setting (now {min(stats[sat].n, stats[k].n)}) would "
+                "decide it at the spread seen so far" if n else
+                "more seeds would narrow it")
+        lead = (f"Gains are shown up to {names[sat]}" if sat > 0 else
+                f"No setting shows a gain of at least {abs(o.min_gain * o.scale):.1f} {unit} "
+                f"over {names[0]}")
+        sentence = (
+            f"Inconclusive: {lead}, but a worthwhile gain beyond it is not excluded "
+            f"({names[k]} vs {names[sat]}: {_amount(d, lo, hi, o)}, whose upper bound reaches "
+            f"the minimum gain of {abs(o.min_gain * o.scale):.1f} {unit}); {need}."
+        )
+        return CurveVerdict(sentence, False, "inconclusive", best, None, regressions, gains,
+                            False, n)
+
     clauses: list[str] = []
     # Name what lies beyond the saturation point: the best later setting if it is not the
     # saturation point itself, else the next setting unless that one regresses (then the
@@ -225,7 +243,8 @@ def curve_verdict(
     nxt = best_i if best_i != sat else sat + 1
     if nxt not in regress:
         d, lo, hi = imp(sat, nxt)
-        clauses.append(f"{names[nxt]} {verb} {_num(d, o.scale)} {unit} ({_ci(lo, hi, o)})")
+        clauses.append(f"{names[nxt]} {verb} {_num(d, o.scale)} {unit} ({_ci(lo, hi, o)}), "
+                       f"below the minimum gain of {abs(o.min_gain * o.scale):.1f} {unit}")
     if regress:
         first = regress[0]
         if len(regress) == 1:
@@ -281,11 +300,23 @@ def compare_verdict(
     if rule is not None:
         return unsupported(*rule)
     if _largest_insignificant(stats, sign, o.confidence) is not None:
-        top = best if best != reference else max(diffs, key=lambda k: diffs[k][0])
+        margin = abs(o.min_gain)
+        if all(-margin < lo and hi < margin for _, lo, hi in diffs.values()):
+            widest = max(diffs, key=lambda k: max(-diffs[k][1], diffs[k][2]))
+            return CompareVerdict(
+                f"Every {noun} is equivalent to {reference} within "
+                f"{margin * o.scale:.1f} {unit} (widest: {widest}, {_amount(*diffs[widest], o)}).",
+                True, "", best, diffs)
+        top = max(diffs, key=lambda k: max(-diffs[k][1], diffs[k][2]))
+        n = seeds_to_decide(ref.values, by_name[top].values, abs(diffs[top][0]), margin,
+                            o.confidence)
+        need = (f"about {n} seeds per setting would decide it at the spread seen so far"
+                if n else "more seeds would narrow it")
         return unsupported(
-            "no significant differences",
-            f"No {noun} differs significantly from {reference} or from another "
-            f"(closest to a difference: {top}, {_amount(*diffs[top], o)}): no verdict.",
+            "inconclusive",
+            f"Inconclusive: no {noun} differs significantly from {reference} or from another, "
+            f"but differences of {margin * o.scale:.1f} {unit} or more are not excluded "
+            f"({top}: {_amount(*diffs[top], o)}); {need}.",
         )
 
     def listed(keys: list[str]) -> str:

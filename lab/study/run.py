@@ -45,18 +45,26 @@ from lab.study.tune import freeze_choices, open_tune_study, tune_items
 from lab.tasks import describe
 
 
-def create_or_load_study(abl: Ablation, storage=None):
+def sampler_and_pruner(abl: Ablation) -> dict:
+    """The sampler and pruner of the main study: every process that opens it uses these."""
     import optuna
 
-    storage = storage or open_storage(abl.storage)
-    fp, ident = abl.fingerprint()
     sampler = (optuna.samplers.TPESampler(seed=abl.seeds[0]) if abl.sampler == "tpe"
                else optuna.samplers.BruteForceSampler(seed=0))
     pruner = {"median": optuna.pruners.MedianPruner(n_warmup_steps=1),
               "hyperband": optuna.pruners.HyperbandPruner()}.get(abl.pruner or "",
                                                                  optuna.pruners.NopPruner())
-    study = optuna.create_study(study_name=abl.study, storage=storage, sampler=sampler,
-                                pruner=pruner, direction=abl.direction, load_if_exists=True)
+    return {"sampler": sampler, "pruner": pruner}
+
+
+def create_or_load_study(abl: Ablation, storage=None):
+    import optuna
+
+    storage = storage or open_storage(abl.storage)
+    fp, ident = abl.fingerprint()
+    study = optuna.create_study(study_name=abl.study, storage=storage,
+                                direction=abl.direction, load_if_exists=True,
+                                **sampler_and_pruner(abl))
     old = study.user_attrs.get(FINGERPRINT_ATTR)
     if old is None:
         cfg, task, _ = resolve(abl.config())

@@ -22,6 +22,9 @@ class AnalysisSpec:
     min_gain: float = 0.01  # smallest worthwhile gain, in objective units
     confidence: float = 0.95
     verdict: Literal["curve", "arms"] = "curve"  # arms: lead with the comparison of arms
+    # A run "solves" the task when its objective reaches this value: success rates, steps to
+    # solve. None: 0.95 for accuracy objectives, no threshold otherwise.
+    solve_threshold: float | None = None
 
 
 def parse_analysis(raw: Any, where: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED
 from lab.study.objective import TrialFailed, make_objective
 from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
+from lab.study.run import sampler_and_pruner
 from lab.study.spec import load_ablation
 from lab.study.storage import file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
 from lab.study.tune import open_tune_study, tune_items
@@ -61,7 +62,8 @@ def worker_main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     abl = load_ablation(args.ablation, args.overrides)
     storage = open_storage(abl.storage)
-    study = optuna.load_study(study_name=abl.study, storage=storage)
+    # The study's own sampler and pruner: load_study's defaults (TPE, median) are not ours.
+    study = optuna.load_study(study_name=abl.study, storage=storage, **sampler_and_pruner(abl))
     lock = file_lock(lock_path_for(abl.storage))
     held = {"n": 0}
 

@@ -1,0 +1,215 @@
+"""Whether the comparison was fair and the verdict robust: per-setting tuning, learning curves,
+the verdict at half the budget, steps to solve and success rates.
+
+Everything is computed from the study storage: each trial's learning curve (its objective at
+every validation step, ``lab.study.attrs.CURVE_ATTR``) and the tuning summary frozen on the
+study (``TUNED_ATTR``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from lab.stats import SettingStats, summarize
+from lab.stats.outcomes import fisher_pairs, is_thresholded, solved, success_rates
+from lab.study.attrs import CURVE_ATTR
+
+if TYPE_CHECKING:
+    from lab.report.study import StudyAnalysis
+
+
+@dataclass
+class Curve:
+    """One setting's learning curve: the objective per seed at each validation step."""
+
+    setting: str
+    group: str
+    steps: list[int]
+    by_seed: dict[int, list[float | None]]
+
+
+def curves(sa: StudyAnalysis) -> list[Curve]:
+    """Learning curves of the completed trials, per setting in the table's order."""
+    out = []
+    for s in sa.stats:
+        by_seed: dict[int, list[float | None]] = {}
+        steps: list[int] = []
+        for r in sa.records:
+            if r.setting != s.setting or r.group != s.group or r.state != "COMPLETE":
+                continue
+            c = r.attrs.get(CURVE_ATTR) or {}
+            if sa.objective in c and c.get("step"):
+                steps = steps or list(c["step"])
+                if list(c["step"]) == steps:
+                    by_seed[r.seed] = list(c[sa.objective])
+        if by_seed:
+            out.append(Curve(s.setting, s.group, steps, by_seed))
+    return out
+
+
+def stats_at_step(sa: StudyAnalysis, step: int) -> list[SettingStats]:
+    """Per-setting statistics of the objective at one validation step (nearest recorded)."""
+    recs = []
+    for r in sa.records:
+        c = r.attrs.get(CURVE_ATTR) or {}
+        if r.state != "COMPLETE" or sa.objective not in c or not c.get("step"):
+            continue
+        i = min(range(len(c["step"])), key=lambda i: abs(c["step"][i] - step))
+        v = c[sa.objective][i]
+        if v is not None:
+            recs.append(replace(r, value=float(v)))
+    return summarize(recs, confidence=sa.confidence, bounds=sa.bounds)
+
+
+def half_budget(sa: StudyAnalysis) -> tuple[int, list[tuple[str, object]]] | None:
+    """(step, verdicts) at the validation step nearest half the training steps, or None when
+    the trials kept no learning curve."""
+    cs = curves(sa)
+    if not cs:
+        return None
+    total = max(max(c.steps) for c in cs)
+    step = min({st for c in cs for st in c.steps}, key=lambda st: abs(st - total / 2))
+    if step >= total:
+        return None
+    stats = stats_at_step(sa, step)
+    return step, sa.verdicts(stats)
+
+
+def same_conclusion(a, b) -> bool:
+    """Whether two verdicts say the same thing: both unsupported, or the same saturation
+    point / best setting and regressions."""
+    if a.supported != b.supported:
+        return False
+    if not a.supported:
+        return a.reason == b.reason
+    return (getattr(a, "saturation", None) == getattr(b, "saturation", None)
+            and a.best == b.best and getattr(a, "regressions", []) == getattr(b, "regressions", []))
+
+
+def steps_to_solve(sa: StudyAnalysis) -> dict[str, list[int | None]]:
+    """Per setting, each completed seed's first validation step at or past the solve
+    threshold (None: never)."""
+    if sa.solve_threshold is None:
+        return {}
+    sign = 1.0 if sa.direction == "maximize" else -1.0
+    out: dict[str, list[int | None]] = {}
+    for c in curves(sa):
+        firsts = []
+        for seed in sorted(c.by_seed):
+            vals = c.by_seed[seed]
+            hit = next((st for st, v in zip(c.steps, vals, strict=False)
+                        if v is not None and solved(v, sa.solve_threshold, sign)), None)
+            firsts.append(hit)
+        out[c.setting] = firsts
+    return out
+
+
+def outcome_rows(sa: StudyAnalysis):
+    """Success rates per setting when outcomes are thresholded (some setting both solved and
+    failed across seeds), with Fisher's test between neighbours; else None."""
+    if sa.solve_threshold is None:
+        return None
+    sign = 1.0 if sa.direction == "maximize" else -1.0
+    ss = [s for s in sa.stats if s.n]
+    rates = success_rates(ss, sa.solve_threshold, sign, sa.confidence)
+    if not is_thresholded(rates):
+        return None
+    return rates, fisher_pairs(rates)
+
+
+def phase_compute(sa: StudyAnalysis) -> dict[str, float]:
+    """Training steps and wall time of the tuning phase and of the measured trials."""
+    tune_steps = sum(float(t.get("steps") or 0) for t in sa.tuned.values())
+    tune_wall = sum(float(t.get("wall_time_s") or 0) for t in sa.tuned.values())
+    steps = wall = 0.0
+    for r in sa.records:
+        if r.state in ("COMPLETE", "FAIL", "PRUNED"):
+            steps += float((r.attrs.get(CURVE_ATTR) or {}).get("step", [0])[-1] or 0)
+            wall += float(r.attrs.get("wall_time_s") or 0)
+    return {"tune_steps": tune_steps, "tune_wall_s": tune_wall, "steps": steps, "wall_s": wall}
+
+
+def fmt_steps(xs: list[int | None]) -> str:
+    return ", ".join("never" if x is None else str(x) for x in xs)
+
+
+def finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+# --------------------------------------------------------------------------------------------
+# The report section
+
+
+def protocol_section(sa: StudyAnalysis, verdicts, figures: dict) -> list[str]:
+    """"Was it fair, and does it hold?": tuning, learning curves, half budget, outcomes."""
+    from lab.report.fmt import fmt_num, fmt_obj, image, md_table, pct
+
+    lines = ["## Protocol: tuning, learning curves, robustness", ""]
+    if sa.tuned:
+        keys = list(dict.fromkeys(k for t in sa.tuned.values() for k in t.get("params", {})))
+        rows = []
+        for label, t in sa.tuned.items():
+            done = sum(p["n"] for p in t.get("points", []))
+            rows.append([label, *[fmt_tuned(t.get("params", {}).get(k)) for k in keys],
+                         fmt_obj(t.get("value"), sa.objective),
+                         f"{done} / {t.get('pruned', 0)} / {t.get('trials', 0)}"])
+        lines += [
+            "Every setting had its own small search before its measured seeds ran (values tuned: "
+            + ", ".join(f"`{k}`" for k in keys) + "). Tuning trials use their own seeds and the "
+            "task's `tune` split, never the reported validation split, and never enter a "
+            "verdict. Chosen values:", "",
+            md_table(["setting", *keys, "tuning objective (best point)",
+                      "tuning trials done / pruned / all"], rows), ""]
+        if "sensitivity" in figures:
+            lines += [figures["sensitivity"].caption, ""] + image("tuning sensitivity",
+                                                                  figures["sensitivity"])
+        pc = phase_compute(sa)
+        if pc["steps"]:
+            lines += [f"Compute: tuning trained {fmt_num(pc['tune_steps'])} steps "
+                      f"({pc['tune_wall_s'] / 60:.1f} min), the measured trials "
+                      f"{fmt_num(pc['steps'])} steps ({pc['wall_s'] / 60:.1f} min): tuning cost "
+                      f"{pc['tune_steps'] / pc['steps']:.2f}x the measured phase.", ""]
+    else:
+        lines += ["Every setting ran with the same, untuned hyperparameters (the base config): "
+                  "a setting may win or lose by its fit to them. Add a `tune:` section to the "
+                  "ablation to tune per setting.", ""]
+    if "curves" in figures:
+        lines += [figures["curves"].caption, ""] + image("learning curves", figures["curves"])
+    hb = half_budget(sa)
+    if hb is not None and verdicts:
+        step, half = hb
+        full = dict(verdicts)
+        for g, v in half:
+            if g not in full:
+                continue
+            held = same_conclusion(full[g], v)
+            lines.append(f"- {(g + ': ') if g and len(half) > 1 else ''}at half the budget "
+                         f"(step {step}) the verdict " + ("is the same: " if held else
+                                                          "**differs**: ") + v.sentence)
+        lines.append("")
+    sts = steps_to_solve(sa)
+    if any(x is not None for xs in sts.values() for x in xs):
+        rows = [[k, fmt_steps(v)] for k, v in sts.items()]
+        lines += [f"Steps to solve (first validation step with `{sa.objective}` at or past "
+                  f"{fmt_obj(sa.solve_threshold, sa.objective)}), per seed:", "",
+                  md_table(["setting", "steps to solve (per seed)"], rows), ""]
+    oc = outcome_rows(sa)
+    if oc is not None:
+        rates, pairs = oc
+        conf = int(sa.confidence * 100)
+        lines += [f"Outcomes are thresholded (some setting solved on some seeds and not on "
+                  f"others), so means over seeds are fragile. Success rates (objective at or past "
+                  f"{fmt_obj(sa.solve_threshold, sa.objective)}) with exact Clopper-Pearson "
+                  f"{conf}% intervals, and Fisher's exact test between neighbouring settings:", "",
+                  md_table(["setting", "solved / seeds", f"success rate ({conf}% CI)"],
+                           [[r.setting, f"{r.solved} / {r.n}",
+                             f"{pct(r.rate)} ({pct(r.low)} to {pct(r.high)})"] for r in rates]), ""]
+        lines += [f"- {a} vs {b}: Fisher p = {p:.3g}" for a, b, p in pairs] + [""]
+    return lines
+
+
+def fmt_tuned(v) -> str:
+    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
