@@ -23,6 +23,9 @@ from lab.stats import (
 
 # Fixed per-seed offsets: std 0.01 around each mean, so tight curves have known intervals.
 TIGHT = (-0.01, 0.0, 0.01)
+# A true plateau: seed noise so small that "no worthwhile gain" can be shown (the upper bound
+# of every later gain falls below the 1-point minimum gain).
+TIGHTER = (-0.001, 0.0, 0.001)
 LOOPS = lambda s: f"{int(s.axis)} loops"
 # A minimized loss, differences printed in nats.
 NATS = VerdictOptions(direction="minimize", scale=1.0, unit="nats")
@@ -50,8 +53,8 @@ def make(curve: dict[float, list[float]], group: str = "looped") -> list[Setting
     return summarize(records)
 
 
-def tight(means: dict[float, float]) -> list[SettingStats]:
-    return make({a: [m + o for o in TIGHT] for a, m in means.items()})
+def tight(means: dict[float, float], offsets=TIGHT) -> list[SettingStats]:
+    return make({a: [m + o for o in offsets] for a, m in means.items()})
 
 
 def stat(setting: str, mean: float, cost: float | None = None, ci: float = 0.0) -> SettingStats:
@@ -198,16 +201,32 @@ def test_summarize_duplicate_keeps_lowest_number_regardless_of_order():
 
 
 def test_plateau_after_two():
-    stats = tight({1: 0.40, 2: 0.80, 3: 0.805, 4: 0.80, 6: 0.80})
+    stats = tight({1: 0.40, 2: 0.80, 3: 0.805, 4: 0.80, 6: 0.80}, TIGHTER)
     v = curve_verdict(stats, name=LOOPS)
     assert v.supported and v.levelled_off
     assert v.saturation == "2 loops"
     assert v.best == "3 loops"
     assert v.regressions == []
     assert v.sentence.startswith("Gains level off at 2 loops: 3 loops adds +0.5 points (95% CI")
+    assert "below the minimum gain of 1.0 points" in v.sentence
     assert [(g.frm, g.to) for g in v.gains][0] == ("1 loops", "2 loops")
     assert v.gains[0].diff == pytest.approx(0.4)
     assert v.gains[0].low > 0.01
+
+
+def test_plateau_that_is_only_not_significant_is_inconclusive():
+    # The same means with 10x the seed noise: 3 loops vs 2 loops is +0.5 points with a CI
+    # reaching above the 1-point minimum gain, so a worthwhile gain is not excluded.
+    stats = tight({1: 0.40, 2: 0.80, 3: 0.805, 4: 0.80, 6: 0.80})
+    v = curve_verdict(stats, name=LOOPS)
+    assert not v.supported and v.reason == "inconclusive" and not v.levelled_off
+    assert v.saturation is None
+    assert v.sentence.startswith("Inconclusive: Gains are shown up to 2 loops, but a worthwhile "
+                                 "gain beyond it is not excluded (3 loops vs 2 loops: +0.5 points")
+    # Normal approximation: pooled s = 0.01, target half-width |0.005 - 0.01| = 0.005,
+    # n = 2 * (1.96 * 0.01 / 0.005)^2 = 30.7 -> 31 seeds per setting.
+    assert v.seeds_needed == 31
+    assert "about 31 seeds per setting (now 3)" in v.sentence
 
 
 def test_regression_after_three():
@@ -222,12 +241,12 @@ def test_regression_after_three():
 
 def test_isolated_regression_is_listed():
     # 4 loops dips significantly, 6 loops recovers: not a "4+" tail.
-    stats = tight({1: 0.3, 2: 0.9, 4: 0.6, 6: 0.9})
+    stats = tight({1: 0.3, 2: 0.9, 4: 0.6, 6: 0.9}, TIGHTER)
     v = curve_verdict(stats, name=LOOPS)
     assert v.regressions == ["4 loops"]
     assert "4+ loops" not in v.sentence
     assert "4 loops regresses (-30.0 points vs 2 loops, 95% CI" in v.sentence
-    v = curve_verdict(tight({1: 0.3, 2: 0.9, 4: 0.6, 6: 0.9, 8: 0.5}), name=LOOPS)
+    v = curve_verdict(tight({1: 0.3, 2: 0.9, 4: 0.6, 6: 0.9, 8: 0.5}, TIGHTER), name=LOOPS)
     assert v.regressions == ["4 loops", "8 loops"]
     assert "4 loops and 8 loops regress vs 2 loops (4 loops: -30.0 points" in v.sentence
 
@@ -248,8 +267,10 @@ def test_flat_at_chance():
     assert not v.supported and not v.levelled_off
     assert "chance" in v.reason
     assert v.sentence.startswith("Every setting is at chance (+6.2 points")
-    # Without the chance level the same data is still refused, for overlapping intervals.
-    assert not curve_verdict(stats).supported
+    # Without the chance level the same data is a true plateau: every later setting's gain
+    # over 1 loop has its upper bound below the 1-point minimum gain.
+    flat = curve_verdict(stats, name=LOOPS)
+    assert flat.supported and flat.saturation == "1 loops"
 
 
 def test_one_seed_is_not_enough():
@@ -263,14 +284,16 @@ def test_overlapping_everywhere():
     noise = (-0.2, 0.0, 0.2)
     stats = make({a: [m + o for o in noise] for a, m in {1: 0.50, 2: 0.52, 3: 0.51}.items()})
     v = curve_verdict(stats, name=LOOPS)
-    assert not v.supported and v.reason == "no significant differences"
-    assert v.sentence.startswith("No setting differs significantly from another")
+    assert not v.supported and v.reason == "inconclusive"
+    assert v.sentence.startswith("Inconclusive: No setting shows a gain of at least 1.0 points "
+                                 "over 1 loops")
     assert v.saturation is None and v.regressions == []
+    assert v.seeds_needed is not None and v.seeds_needed > 3
 
 
 def test_minimize_loss_levels_off():
     # Loss falls 2.0 -> 1.5 -> 1.2 then stays flat: improvement stops at 3 layers.
-    stats = tight({1: 2.0, 2: 1.5, 3: 1.2, 4: 1.195, 5: 1.2})
+    stats = tight({1: 2.0, 2: 1.5, 3: 1.2, 4: 1.195, 5: 1.2}, TIGHTER)
     layers = lambda s: f"{s.axis:g} layers"
     v = curve_verdict(stats, NATS, name=layers)
     assert v.supported and v.levelled_off
@@ -294,11 +317,15 @@ def test_minimize_monotone_and_regression():
 
 
 def test_min_gain_changes_saturation():
-    # A +5 point step at 3 loops clears a 1 point minimum gain (CI about +2.7 to +7.3) but
-    # not a 5 point one.
+    # A +5 point step at 3 loops clears a 1 point minimum gain (CI about +2.7 to +7.3): gains
+    # continue. Against a 5 point minimum it is undecided (a 5-point gain is not excluded);
+    # against a 10 point one the whole interval lies below it, so the curve levels off at 2.
     stats = tight({1: 0.4, 2: 0.8, 3: 0.85})
     assert curve_verdict(stats, name=LOOPS).saturation is None
-    assert curve_verdict(stats, VerdictOptions(min_gain=0.05), name=LOOPS).saturation == "2 loops"
+    five = curve_verdict(stats, VerdictOptions(min_gain=0.05), name=LOOPS)
+    assert five.reason == "inconclusive" and five.saturation is None
+    ten = curve_verdict(stats, VerdictOptions(min_gain=0.10), name=LOOPS)
+    assert ten.supported and ten.saturation == "2 loops"
 
 
 # --- compare verdicts -------------------------------------------------------------------------
@@ -334,8 +361,13 @@ def test_compare_one_winner():
 def test_compare_none_significant():
     stats = _profiles({"uniform": 0.50, "wide_middle": 0.51, "wide_ends": 0.49}, spread=0.1)
     v = compare_verdict(stats, "uniform", noun="profile")
-    assert not v.supported and v.reason == "no significant differences"
-    assert v.sentence.startswith("No profile differs significantly from uniform")
+    assert not v.supported and v.reason == "inconclusive"
+    assert v.sentence.startswith("Inconclusive: no profile differs significantly from uniform")
+    # With tiny seed noise the same kind of data shows equivalence within the minimum gain.
+    close = _profiles({"uniform": 0.50, "wide_middle": 0.501, "wide_ends": 0.499}, spread=0.001)
+    e = compare_verdict(close, "uniform", noun="profile")
+    assert e.supported and e.sentence.startswith(
+        "Every profile is equivalent to uniform within 1.0 points")
 
 
 def test_compare_reference_best_and_minimize():

@@ -1,0 +1,213 @@
+"""A fair protocol: per-setting tuning, learning curves, schedules, and statistics that fit
+the data (bounded intervals, identical seeds, success rates, report sentences = table)."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from lab.cli import main
+from lab.config import load_config
+from lab.errors import LabError
+from lab.stats import SettingStats, TrialRecord, summarize
+from lab.stats.intervals import fisher_p, proportion_ci
+from lab.stats.outcomes import fisher_pairs, is_thresholded, success_rates
+from lab.study.spec import load_ablation
+from lab.train.optim import lr_lambda
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = ROOT / "configs" / "debug.yaml"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TUNED = f"""name: tuned
+base: [{DEBUG}]
+overrides: {{model.n_layers: 1, eval.cost: false}}
+space:
+  model.family:
+    looped: {{model.loops: [1, 2]}}
+axis: {{looped: model.loops}}
+seeds: [0, 1]
+objective: val/acc_token
+tune:
+  space: {{train.lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}}}
+  points: 2
+  seeds: [100]
+"""
+
+
+# --- the tune section --------------------------------------------------------------------------
+
+
+def write(tmp_path, text: str, name: str = "tuned") -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_tune_grid_is_log_spaced(tmp_path):
+    abl = load_ablation(write(tmp_path, TUNED.replace("points: 2", "points: 3")))
+    # log-spaced from 1e-3 to 1e-2 in 3 points: 1e-3, sqrt(1e-5) = 0.003162, 1e-2.
+    assert [p["train.lr"] for p in abl.tune.grid()] == [0.001, 0.00316228, 0.01]
+
+
+@pytest.mark.parametrize("bad, key", [
+    ("seeds: [100]", "seeds: [0]"),  # shares a measured seed
+    ("points: 2", "points: 1"),
+    ("seeds: [100]", "seeds: [100]\n  budget: 1.5"),
+    ("seeds: [100]", "seeds: [100]\n  colour: red"),
+    ("low: 1.0e-3", "low: 0.0"),  # a log range needs low > 0
+], ids=["shared-seed", "points", "budget", "unknown-key", "log-low"])
+def test_bad_tune_section_is_refused(tmp_path, bad, key):
+    with pytest.raises(LabError, match="tune"):
+        load_ablation(write(tmp_path, TUNED.replace(bad, key)))
+
+
+def test_tune_changes_the_study_identity_only_when_present(tmp_path):
+    plain = load_ablation(write(tmp_path, TUNED.split("tune:")[0], "plain"))
+    tuned = load_ablation(write(tmp_path, TUNED))
+    assert "tune" not in plain.fingerprint()[1]
+    assert tuned.fingerprint()[1]["tune"]["points"] == 2
+
+
+def test_tuned_sweep_runs_each_setting_at_its_best_point(tmp_path):
+    path = write(tmp_path, TUNED)
+    assert main(["sweep", str(path), "--workers", "1"]) == 0
+    storage = "sqlite:///studies/tuned.db"
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert names == {"tuned", "tuned/tune/looped, loops=1", "tuned/tune/looped, loops=2"}
+    main_study = optuna.load_study(study_name="tuned", storage=storage)
+    tuned = main_study.user_attrs["lab.tuned"]
+    for label in ("looped, loops=1", "looped, loops=2"):
+        tstudy = optuna.load_study(study_name=f"tuned/tune/{label}", storage=storage)
+        done = [t for t in tstudy.trials if t.state.name == "COMPLETE"]
+        assert {t.params["seed"] for t in tstudy.trials} == {100}  # tuning seeds only
+        assert all("tune/acc_token" in t.user_attrs["metrics"] for t in done)  # tune split
+        best = max(done, key=lambda t: t.value)
+        assert tuned[label]["params"] == {"train.lr": best.params["train.lr"]}
+        # The measured trials of this setting ran at that point, and only they count.
+        measured = [t for t in main_study.trials if t.user_attrs.get("lab.setting") == label]
+        assert len(measured) == 2
+        for t in measured:
+            assert t.user_attrs["lab.tuned_params"] == tuned[label]["params"]
+            cfg = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
+            assert cfg["train"]["lr"] == best.params["train.lr"]
+            curve = t.user_attrs["curve"]
+            assert curve["step"] == [10, 20]  # every validation (debug: val_every 10, 20 steps)
+            assert curve["val/acc_token"][-1] == t.value
+            assert t.intermediate_values == {10: curve["val/acc_token"][0], 20: t.value}
+    report = Path("reports/tuned/report.md").read_text()
+    assert "| looped, loops=1 |" in report and "tuning trials done / pruned / all" in report
+    assert "at half the budget (step 10)" in report
+    # Resuming changes nothing: the choice is frozen and every trial is done.
+    assert main(["sweep", str(path), "--workers", "1"]) == 0
+    again = optuna.load_study(study_name="tuned", storage=storage)
+    assert again.user_attrs["lab.tuned"] == tuned and len(again.trials) == 4
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+
+def test_wsd_schedule_is_stable_then_decays_linearly():
+    cfg = load_config([DEBUG], ["train.schedule=wsd", "train.steps=100", "train.warmup=10",
+                                "train.decay_fraction=0.2", "train.min_lr_ratio=0.1"])
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # warm-up
+    assert f(10) == f(50) == f(79) == 1.0  # stable
+    # Decay over the last 20 steps, 80..99, linearly to min_lr_ratio at the last step.
+    assert f(80) == pytest.approx(1 - 0.9 * 1 / 20)
+    assert f(99) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 99))
+
+
+def test_constant_schedule():
+    cfg = load_config([DEBUG], ["train.schedule=constant", "train.warmup=2"])
+    assert [lr_lambda(cfg)(s) for s in (2, 10, 19)] == [1.0, 1.0, 1.0]
+
+
+# --- statistics that fit the data ----------------------------------------------------------------
+
+
+def records(values: dict[str, list[float]]) -> list[TrialRecord]:
+    return [TrialRecord(i * 10 + seed, name, seed, "COMPLETE", v)
+            for i, (name, vs) in enumerate(values.items()) for seed, v in enumerate(vs)]
+
+
+def test_bimodal_accuracy_interval_stays_in_range():
+    # Two seeds at the floor and one solved: the t-interval (79.1 +- 90 style) leaves [0, 1].
+    (s,) = summarize(records({"a": [0.30, 1.0, 1.0]}), bounds=(0.0, 1.0))
+    assert s.ci_truncated and s.ci_low >= 0.0 and s.ci_high == 1.0
+    (u,) = summarize(records({"a": [0.30, 1.0, 1.0]}))
+    assert u.ci_high > 1.0 and not u.ci_truncated
+
+
+def test_identical_seeds_are_named_not_a_zero_width_interval():
+    from lab.report.fmt import fmt_ci
+
+    (s,) = summarize(records({"a": [1.0, 1.0, 1.0]}), bounds=(0.0, 1.0))
+    assert s.identical
+    assert fmt_ci(s, "val/acc_token") == "100.0% (all 3 seeds identical)"
+
+
+def test_clopper_pearson_and_fisher_against_closed_forms():
+    # Exact interval for 0 successes of n: upper = 1 - (alpha/2)^(1/n).
+    lo, hi = proportion_ci(0, 3)
+    assert lo == 0.0 and hi == pytest.approx(1 - 0.025 ** (1 / 3))
+    lo, hi = proportion_ci(3, 3)
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 3))
+    # Fisher: 3/3 vs 0/3 is the most extreme 2x2 table, p = 2 / C(6, 3) = 0.1.
+    assert fisher_p(3, 3, 0, 3) == pytest.approx(0.1)
+
+
+def test_success_rates_of_thresholded_outcomes():
+    stats = summarize(records({"2 layers": [0.31, 0.33, 0.30], "3 layers": [1.0, 0.35, 1.0],
+                               "4 layers": [1.0, 1.0, 1.0]}))
+    rates = success_rates(stats, 0.95)
+    assert [(r.setting, r.solved, r.n) for r in rates] == [
+        ("2 layers", 0, 3), ("3 layers", 2, 3), ("4 layers", 3, 3)]
+    assert is_thresholded(rates)
+    assert not is_thresholded(success_rates(stats[:1] + stats[2:], 0.95))
+    pairs = fisher_pairs(rates)
+    assert [(a, b) for a, b, _ in pairs] == [("2 layers", "3 layers"), ("3 layers", "4 layers")]
+    assert pairs[0][2] == pytest.approx(fisher_p(0, 3, 2, 3))
+
+
+# --- every sentence of a report agrees with its table ---------------------------------------------
+
+AMOUNT = re.compile(r"(?P<b>[\w ,=.]+?) vs (?P<a>[\w ,=.]+?): (?P<d>[-+]\d+\.\d) points, 95% CI "
+                    r"(?P<lo>[-+]\d+\.\d) to (?P<hi>[-+]\d+\.\d)")
+
+
+def test_report_sentences_match_the_table(tmp_path):
+    """Every 'B vs A: +d points, 95% CI lo to hi' in a report is recomputed from the per-seed
+    values in summary.json, and every table row's mean equals the mean of its seeds."""
+    from lab.report.study import axis_namer
+    from lab.stats import diff_ci
+
+    assert main(["sweep", str(ROOT / "tests" / "data" / "tiny.yaml"), "--workers", "2"]) == 0
+    summary = json.loads(Path("reports/tiny/summary.json").read_text())
+    report = Path("reports/tiny/report.md").read_text()
+    by_name = {}
+    for s in summary["settings"]:
+        assert s["mean"] == pytest.approx(sum(s["values"]) / len(s["values"]))
+        key = {"looped": "model.loops", "uniform": "model.n_layers"}[s["group"]]
+        stat = SettingStats(s["setting"], s["group"], s["axis"], s["n"], 0, 0, s["values"],
+                            s["seeds"], s["mean"], 0.0, 0.0, 0.0, {})
+        by_name[(s["group"], axis_namer(key)(stat))] = s["values"]
+        pct = f"{100 * s['mean']:.1f}%"
+        assert pct in report  # the table shows it
+    found = 0
+    for verdict_group, sentence in summary["verdicts"].items():
+        for m in AMOUNT.finditer(sentence):
+            a = by_name[(verdict_group, m["a"].strip())]
+            b = by_name[(verdict_group, m["b"].strip())]
+            d, lo, hi = diff_ci(a, b)
+            assert f"{100 * d + 0.0:+.1f}" == m["d"]
+            assert f"{100 * lo + 0.0:+.1f}" == m["lo"] and f"{100 * hi + 0.0:+.1f}" == m["hi"]
+            found += 1
+        assert sentence in report
+    assert found >= 1
+    assert math.isfinite(summary["settings"][0]["mean"])
