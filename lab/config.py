@@ -231,6 +231,14 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as e:
         raise LabError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:
+        # e.g. a glob pattern such as task.include=*.txt: YAML reads a leading * as an alias.
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LabError(
+            f"cannot parse the value of an override in {list(overrides)} as YAML: {problem}. "
+            "Quote values that start with * & ! % @ or `, for example task.include='\"*.txt\"' "
+            "or task.include='[\"*.md\", \"*.txt\"]'."
+        ) from None
 
 
 def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source: str) -> DictConfig:

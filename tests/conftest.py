@@ -22,6 +22,18 @@ def debug_cfg(tmp_path):
     return make
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _lab_cache(tmp_path_factory):
+    # Task caches (the text task's corpus arrays) go to one temporary directory per session.
+    old = os.environ.get("LAB_CACHE")
+    os.environ["LAB_CACHE"] = str(tmp_path_factory.mktemp("lab_cache"))
+    yield
+    if old is None:
+        os.environ.pop("LAB_CACHE", None)
+    else:
+        os.environ["LAB_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _chdir_tmp(tmp_path, monkeypatch):
     # Anything a test writes by default (runs/, studies/, reports/) lands in tmp_path.

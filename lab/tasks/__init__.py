@@ -13,12 +13,14 @@ from lab.errors import ConfigError
 from lab.tasks.base import IGNORE, SPLITS, Task, describe, eval_set
 from lab.tasks.induction import InductionTask
 from lab.tasks.pointer import PointerTask
+from lab.tasks.text import TextTask
 from lab.tasks.word import WordProblemTask
 
 TASKS: dict[str, type] = {
     "pointer": PointerTask,
     "induction": InductionTask,
     "word": WordProblemTask,
+    "text": TextTask,
 }
 
 __all__ = [

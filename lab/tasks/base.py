@@ -13,7 +13,11 @@ A task is a class with:
   ``x`` is ``(n, T) int64``, ``y`` is ``(n, T) int64`` with ``-100`` where there is no target;
 - ``reference(x) -> y``: the same labels computed by a plain, obviously-correct loop over the
   examples (used by the tests only);
-- ``describe() -> str`` (optional): one line for reports.
+- ``describe() -> str`` (optional): one line for reports;
+- ``provenance() -> dict`` (optional): where the task's data came from (the text task: roots,
+  patterns, files and bytes per split, a content hash, the Python version for the stdlib);
+- ``tokens_are_bytes`` (optional class attribute, default false): tokens are raw bytes, so a
+  loss in nats per token is also one per byte and can be reported in bits per byte.
 
 ``reference`` and ``describe`` are optional for user tasks; :class:`Task` below gives the
 shared pieces, and subclassing it is optional.
@@ -36,6 +40,7 @@ SPLITS = ("train", "val", "ood", "tune")
 class Task:
     name: ClassVar[str] = "task"
     causal: ClassVar[bool] = True
+    tokens_are_bytes: ClassVar[bool] = False
     Config: ClassVar[type]
 
     vocab_size: int
