@@ -25,11 +25,17 @@ def run_table(rows: list[dict], title: str) -> Table:
                          ("val acc", "right"), ("OOD acc", "right"), ("wall", "right"),
                          ("run dir", "left")):
         table.add_column(col, justify=justify, overflow="fold")
+    bpb = any(r.get("val_bpb") is not None for r in rows)
+    if bpb:  # byte-level tasks: bits per byte is the measure
+        table.add_column("val bpb", justify="right")
+        table.add_column("OOD bpb", justify="right")
     for r in rows:
+        extra = [f"{r['val_bpb']:.4f}" if r.get("val_bpb") is not None else "-",
+                 f"{r['ood_bpb']:.4f}" if r.get("ood_bpb") is not None else "-"] if bpb else []
         table.add_row(
             r.get("config", ""), r["family"], r["plan"], fmt_int(r["params"]),
             str(r["depth"]), fmt_int(r["flops"]), pct(r.get("val")), pct(r.get("ood")),
-            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", r.get("run_dir", "-"),
+            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", r.get("run_dir", "-"), *extra,
         )
     return table
 
@@ -49,6 +55,8 @@ def cmd_train(args) -> int:
         "flops": res.costs.get("flops_per_token"),
         "val": res.metrics.get("val/acc_token"),
         "ood": res.metrics.get("ood/acc_token"),
+        "val_bpb": res.metrics.get("val/bpb"),
+        "ood_bpb": res.metrics.get("ood/bpb"),
         "wall": res.wall_time_s,
         "run_dir": res.run_dir,
     }

@@ -29,14 +29,22 @@ EVAL_BATCH = 256  # evaluation batch size: memory only, results do not depend on
 
 
 class Accuracy:
-    """Token and sequence accuracy and mean loss over labelled positions."""
+    """Token and sequence accuracy and mean loss over labelled positions.
 
-    def __init__(self):
+    by_position: also accumulate the loss at each position of the sequence, reported in four
+    equal bands of the window (``loss_pos/1`` = first quarter ... ``loss_pos/4``), for tasks
+    where the question is whether depth helps more late in the context.
+    """
+
+    def __init__(self, by_position: bool = False):
+        self.by_position = by_position
         self.reset()
 
     def reset(self):
         self.correct = self.tokens = self.seq_correct = self.seqs = 0
         self.loss = 0.0
+        self.pos_loss: torch.Tensor | None = None
+        self.pos_count: torch.Tensor | None = None
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -48,17 +56,31 @@ class Accuracy:
         has = mask.any(1)
         self.seq_correct += int(((hit | ~mask).all(1) & has).sum())
         self.seqs += int(has.sum())
-        self.loss += float(
-            F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
-                            reduction="sum")
-        )
+        if not self.by_position:
+            self.loss += float(
+                F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
+                                reduction="sum")
+            )
+            return
+        per = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE,
+                              reduction="none").view(y.shape)  # (B, T), 0 where ignored
+        self.loss += float(per.sum())
+        sums, counts = per.sum(0).double(), mask.sum(0)
+        self.pos_loss = sums if self.pos_loss is None else self.pos_loss + sums
+        self.pos_count = counts if self.pos_count is None else self.pos_count + counts
 
     def compute(self) -> dict[str, float]:
-        return {
+        out = {
             "acc_token": self.correct / max(self.tokens, 1),
             "acc_seq": self.seq_correct / max(self.seqs, 1),
             "loss": self.loss / max(self.tokens, 1),
         }
+        if self.pos_loss is not None and self.pos_count is not None:
+            for i, (s, c) in enumerate(zip(self.pos_loss.tensor_split(4),
+                                           self.pos_count.tensor_split(4), strict=True), 1):
+                if int(c.sum()):
+                    out[f"loss_pos/{i}"] = float(s.sum()) / int(c.sum())
+        return out
 
 
 @torch.no_grad()

@@ -93,7 +93,9 @@ def trial_records(study) -> tuple[list[TrialRecord], dict[str, int]]:
 
 def objective_scale(objective: str) -> tuple[float, str]:
     """(scale, unit) of differences in sentences: accuracies in points, others as they are."""
-    return (100.0, "points") if "acc" in objective else (1.0, "")
+    if "acc" in objective:
+        return 100.0, "points"
+    return (1.0, "bits per byte") if objective.endswith("bpb") else (1.0, "")
 
 
 def axis_key(abl_meta: dict, group: str) -> str | None:

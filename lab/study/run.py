@@ -42,7 +42,7 @@ from lab.study.queue import (
 from lab.study.spec import Ablation, load_ablation
 from lab.study.storage import file_lock, lock_path_for, open_storage, redact_url
 from lab.study.tune import freeze_choices, open_tune_study, tune_items
-from lab.tasks import describe
+from lab.train.run import task_record
 
 
 def sampler_and_pruner(abl: Ablation) -> dict:
@@ -78,8 +78,7 @@ def create_or_load_study(abl: Ablation, storage=None):
             "config_overrides": abl.config_overrides,
         })
         study.set_user_attr(BASE_CONFIG_ATTR, to_dict(cfg))
-        study.set_user_attr(TASK_ATTR, {"description": describe(task), "chance": task.chance,
-                                         "causal": bool(task.causal)})
+        study.set_user_attr(TASK_ATTR, {**task_record(task), "causal": bool(task.causal)})
         study.set_user_attr(PROVENANCE_ATTR, provenance())
         study.set_user_attr(CREATED_ATTR, time.time())
     elif old != fp:

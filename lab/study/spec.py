@@ -49,8 +49,10 @@ STUDY_KEYS = {"storage", "study", "seeds", "workers", "n_trials", "sampler", "pr
 
 
 OBJECTIVES = {
-    "val/acc_token", "val/acc_seq", "val/loss", "ood/acc_token", "ood/acc_seq", "ood/loss",
+    f"{split}/{metric}" for split in ("val", "ood")
+    for metric in ("acc_token", "acc_seq", "loss", "bpb", "solved_difficulty", "auc_difficulty")
 }
+MINIMIZED = ("loss", "bpb")  # objectives whose default direction is minimize
 
 # Keys that cannot change a trial's result: left out of the study's identity.
 NON_IDENTITY_KEYS = ("seed", "name", "resume", "out_dir", "train.threads", "train.progress",
@@ -216,7 +218,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         raise LabError(
             f"ablation '{path}': objective '{objective}' is not one of {sorted(OBJECTIVES)}."
         )
-    direction = str(raw.get("direction", "minimize" if objective.endswith("loss") else "maximize"))
+    direction = str(raw.get("direction", "minimize" if objective.endswith(MINIMIZED) else "maximize"))
     if direction not in ("maximize", "minimize"):
         raise LabError(f"ablation '{path}': direction must be maximize or minimize.")
     sampler = str(raw.get("sampler", "grid"))

@@ -66,7 +66,7 @@ import torch
 from lab.errors import ConfigError
 from lab.tasks.base import SPLITS, Task
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a tune split
 # Directories below a root that are never entered.
 SKIP_DIRS = frozenset({
     "__pycache__", "site-packages", "dist-packages", ".git", ".hg", ".svn", ".tox", ".venv",
@@ -330,10 +330,17 @@ class TextTask(Task):
         val_names = _holdout_by_hash([f.rel for f in main], self.cfg.val_fraction, "val")
         if len({f.rel for f in main}) < 2:
             val_names = set()
+        # The tune split (per-setting tuning is scored on it, never on val): as many files as
+        # val, drawn from the rest, and only when that leaves training at least half the files.
+        rest = [f for f in main if f.rel not in val_names]
+        tune_names = _holdout_by_hash([f.rel for f in rest], self.cfg.val_fraction, "tune")
+        if len(rest) - len(tune_names) < max(1, len(rest) // 2):
+            tune_names = set()
         return {
-            "train": [f for f in main if f.rel not in val_names],
+            "train": [f for f in rest if f.rel not in tune_names],
             "val": [f for f in main if f.rel in val_names],
             "ood": ood,
+            "tune": [f for f in rest if f.rel in tune_names],
         }, unit
 
     def _build(self, files: list[_File], ood_files: list[_File]) -> None:
@@ -408,7 +415,7 @@ class TextTask(Task):
             self._cum[split] = np.cumsum(counts[keep])
             self.n_windows[split] = int(counts.sum())
             room = int((lengths // (T + 1)).sum())
-            if room < MIN_WINDOWS:
+            if room < MIN_WINDOWS and split != "tune":  # tune: checked when a study tunes
                 self._too_small(split, len(table), int(lengths.sum()), room)
         self._files = {s: [(str(all_roots[r] / rel) if all_roots[r].is_dir() else str(all_roots[r]), n)
                            for r, rel, _, n in self.meta["splits"][s]["files"]]
@@ -446,6 +453,10 @@ class TextTask(Task):
 
     def sample(self, n: int, generator: torch.Generator, split: str = "train"):
         T = self.cfg.seq_len
+        if self.n_windows[split] == 0:
+            raise ConfigError("task.path", f"the corpus is too small for a separate {split} "
+                              "split (per-setting tuning scores on it): add files, or drop the "
+                              "ablation's tune section.")
         idx = torch.randint(0, self.n_windows[split], (n,), generator=generator)
         s = self.starts(idx, split)
         w = torch.from_numpy(self.data[split][s[:, None] + np.arange(T + 1)].astype(np.int64))

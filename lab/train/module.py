@@ -44,7 +44,9 @@ class LabModule(pl.LightningModule):
         self.model = build_model(cfg, task, plan)
         self.eval_loops = cfg.model.eval_loops or cfg.model.loops
         self.splits = tuple(splits)  # one validation dataloader per split, in this order
-        self.acc = {s: Accuracy() for s in self.splits}
+        # Byte-level tasks: bits per byte, and the loss by position in the window.
+        self.bytes = bool(getattr(task, "tokens_are_bytes", False))
+        self.acc = {s: Accuracy(by_position=self.bytes) for s in self.splits}
         self.loops_used = {s: [0, 0] for s in self.splits}  # adaptive exit: sum, count
         self.diag = Diagnostics()
         self.final: dict[str, float] = {}
@@ -111,6 +113,8 @@ class LabModule(pl.LightningModule):
         for split, acc in self.acc.items():
             if acc.tokens:
                 metrics.update({f"{split}/{k}": v for k, v in acc.compute().items()})
+                if self.bytes:
+                    metrics[f"{split}/bpb"] = metrics[f"{split}/loss"] / math.log(2)
             acc.reset()
             total, count = self.loops_used[split]
             if count:

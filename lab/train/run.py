@@ -25,6 +25,7 @@ from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
+from lab.tasks import describe
 from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.module import Diverged, LabModule, Throughput
 
@@ -85,6 +86,15 @@ def _latest_version(root: Path) -> str | None:
         key=lambda p: p.stat().st_mtime,
     )
     return found[-1].name if found else None
+
+
+def task_record(task) -> dict:
+    """What the task says about itself: its description and, where it has one, its data's
+    provenance (a corpus's roots, files and bytes per split, content hash, Python version)."""
+    rec = {"description": describe(task), "chance": task.chance}
+    if hasattr(task, "provenance"):
+        rec["provenance"] = task.provenance()
+    return rec
 
 
 def plan_record(plan: StackPlan, cfg: LabConfig) -> dict:
@@ -149,7 +159,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (run_dir / "provenance.json").write_text(json.dumps(
-        {**provenance(), "plan": plan_record(plan, cfg)}, indent=2))
+        {**provenance(), "plan": plan_record(plan, cfg), "task": task_record(task)}, indent=2))
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LabModule(cfg, task, plan, eval_splits)
