@@ -260,9 +260,10 @@ def test_induction_default_floor_matches_an_independent_sample():
         rows = d[:, 0] == p
         m, hit = mask[rows], ((y == x) & mask)[rows]
         n_t, c_t = m.sum(0).double(), hit.sum(0).double()
-        # Bayes per position: copy x_t, or any other symbol when copying is rarer than that.
+        # Bayes per position: copy x_t, or another symbol when copying is rarer than that
+        # (by symmetry a fixed other symbol is right on 1/(A - 1) of the non-copy targets).
         other = c_t < (n_t - c_t) / (A - 1)
-        right = torch.where(other[None, :], m & ~hit, hit).double()
+        right = torch.where(other[None, :], (m & ~hit).double() / (A - 1), hit.double())
         acc = float(right.sum() / m.sum())
         per_seq = right.sum(1) - acc * m.sum(1).double()
         se = float(per_seq.std() / math.sqrt(len(per_seq)) / m.sum(1).double().mean())
@@ -377,3 +378,17 @@ def test_too_small_an_instance_space_names_the_holdout_key():
     with pytest.raises(ConfigError) as e:
         build_task({"name": "word", "holdout": 1.0})
     assert e.value.key == "task.holdout"
+
+
+def test_holdout_zero_draws_the_unpartitioned_stream():
+    """With the partition off, sampling consumes the generator exactly as before it existed."""
+    task = build_task({"name": "pointer", "nodes": 16, "hops": 8, "hops_min": None, "ood": "cycle",
+                       "holdout": 0})
+    g = torch.Generator().manual_seed(5)
+    x, _ = task.sample(16, g, "train")
+    h = torch.Generator().manual_seed(5)
+    perm = torch.argsort(torch.rand(16, 16, generator=h), dim=1)
+    assert torch.equal(x[:, 1:], perm) and (x[:, 0] == 16 + 8 - 1).all()
+    word = build_task({"name": "word", "holdout": 0})
+    x, _ = word.sample(8, torch.Generator().manual_seed(5), "val")
+    assert torch.equal(x, torch.randint(0, 6, (8, 16), generator=torch.Generator().manual_seed(5)))

@@ -121,9 +121,9 @@ class InductionTask(Task):
     # ---------------------------------------------------------------- sampling
     def sample(self, n: int, generator: torch.Generator, split: str = "train"):
         A, T = self.cfg.alphabet, self.cfg.length
+        k = hop_counts(n, *self.hop_range(split), generator)
         s = draw_partitioned(lambda m: torch.randint(0, A, (m, T), generator=generator),
                              n, split, self.cfg.holdout)
-        k = hop_counts(n, *self.hop_range(split), generator)
         x = torch.cat([(A + k - 1)[:, None], s], dim=1)  # (n, T + 1)
         return x, self.label(x)
 
