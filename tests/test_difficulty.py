@@ -15,7 +15,9 @@ from lab.errors import ConfigError
 from lab.harness import _Stream
 from lab.tasks import IGNORE, SPLITS, TASKS, build_task, eval_set
 from lab.tasks.base import (
+    Task,
     accuracy_by_difficulty,
+    has_difficulty,
     held_out,
     largest_solved,
     merge_counts,
@@ -89,6 +91,12 @@ def test_difficulty_labels_match_a_brute_force_recount(spec, split):
     # Every value the split contains is announced, and (with 300 sequences) each one occurs.
     assert set(d[mask].tolist()) == set(task.difficulty_values(split))
     assert isinstance(task.difficulty_name, str) and task.difficulty_name
+    assert has_difficulty(task)
+
+
+def test_has_difficulty_is_false_for_tasks_without_it():
+    assert not has_difficulty(Task(None))
+    assert not has_difficulty(object())
 
 
 def test_difficulty_names_and_values():

@@ -32,8 +32,10 @@ accuracy is reported:
 - ``floor(split) -> dict[int, float]``: for every difficulty value of ``split``, the
   accuracy of the best shortcut (as for ``chance``) on positions of that difficulty.
 
-Per-difficulty accuracy is aggregated by :func:`accuracy_by_difficulty`; the token-weighted
-sum of its counts is the overall token accuracy.
+A task has difficulty labels when ``has_difficulty(task)``. Per-difficulty accuracy is
+aggregated by :func:`accuracy_by_difficulty` (and :func:`merge_counts` over batches); the sum of
+its counts is the overall token accuracy; :func:`largest_solved` reads off the largest value
+solved.
 
 Held-out instances. Built-in tasks hash every instance (the permutation, the string, the
 word) to one of 2**16 buckets with :func:`row_hash`; a fraction ``holdout`` of the buckets is
@@ -64,7 +66,6 @@ class Task:
     name: ClassVar[str] = "task"
     causal: ClassVar[bool] = True
     Config: ClassVar[type]
-    difficulty_name: ClassVar[str] = "difficulty"
 
     vocab_size: int
     seq_len: int
@@ -78,15 +79,6 @@ class Task:
         raise NotImplementedError
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def difficulty(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def difficulty_values(self, split: str) -> list[int]:
-        raise NotImplementedError
-
-    def floor(self, split: str) -> dict[int, float]:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -104,6 +96,11 @@ def eval_set(task, split: str, n: int, seed: int = 1234) -> tuple[torch.Tensor, 
 
 def describe(task) -> str:
     return task.describe() if hasattr(task, "describe") else type(task).__name__
+
+
+def has_difficulty(task) -> bool:
+    """Whether ``task`` implements the optional difficulty protocol."""
+    return all(callable(getattr(task, m, None)) for m in ("difficulty", "difficulty_values", "floor"))
 
 
 def check_hops(hops: int, hops_min: int | None, ood_hops: int | None, ood_extra: int,
