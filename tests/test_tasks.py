@@ -7,6 +7,7 @@ from lab.tasks import IGNORE, SPLITS, TASKS, build_task
 SPECS = [
     {"name": "pointer"},
     {"name": "pointer", "nodes": 5, "hops": 3, "hops_min": 1},
+    {"name": "pointer", "nodes": 16, "hops": 8, "hops_min": None, "ood": "cycle"},
     {"name": "pointer", "causal": True, "nodes": 8, "hops": 4, "hops_min": 1, "ood": "hops"},
     {"name": "pointer", "causal": True, "ood": "cycle"},
     {"name": "induction"},
@@ -51,7 +52,7 @@ def _cycle_length(f: list[int]) -> int:
 
 
 def test_pointer_ood_cycle_split_is_single_cycles():
-    task = build_task({"name": "pointer", "nodes": 12})
+    task = build_task({"name": "pointer", "nodes": 12, "ood": "cycle"})
     x, _ = task.sample(64, torch.Generator().manual_seed(0), "ood")
     for row in x.tolist():
         f = row[1:]

@@ -10,7 +10,17 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lab.errors import ConfigError
-from lab.tasks.base import IGNORE, SPLITS, Task, describe, eval_set
+from lab.tasks.base import (
+    IGNORE,
+    SPLITS,
+    Task,
+    accuracy_by_difficulty,
+    describe,
+    eval_set,
+    has_difficulty,
+    largest_solved,
+    merge_counts,
+)
 from lab.tasks.induction import InductionTask
 from lab.tasks.pointer import PointerTask
 from lab.tasks.text import TextTask
@@ -24,7 +34,8 @@ TASKS: dict[str, type] = {
 }
 
 __all__ = [
-    "IGNORE", "SPLITS", "TASKS", "Task", "build_task", "describe", "eval_set", "resolve_task_class",
+    "IGNORE", "SPLITS", "TASKS", "Task", "accuracy_by_difficulty", "build_task", "describe",
+    "eval_set", "has_difficulty", "largest_solved", "merge_counts", "resolve_task_class",
 ]
 
 

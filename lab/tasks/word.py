@@ -5,7 +5,19 @@ product g_1 g_2 ... g_t. Composing t elements of a non-abelian group has no shor
 general (for S5 the problem is NC1-complete, Barrington 1989), so a transformer needs depth
 that grows with log t (Merrill & Sabharwal; Liu et al. 2023, "Transformers learn shortcuts
 to automata"). The difficulty knob is the length; the OOD split is longer than training
-(positions beyond the trained length included).
+(positions beyond the trained length included). ``difficulty(x)`` is the prefix length t of
+each position (1-based), so OOD values run to ``ood_length``.
+
+Floors: for t >= 2 the prefix product g_1 ... g_{t-1} is uniform over the group and
+independent of g_t, so the target is uniform whatever a depth-0 model sees (t and g_t):
+floor(t) = 1/|G|; at t = 1 the target is the input g_1 itself, floor(1) = 1 (copying the
+input). ``chance`` averages over the T positions. A model that tracks the sign of the product
+(the abelian quotient S_n -> Z_2, a running parity) could reach 2/|G| without solving the
+non-abelian part; that needs counting over the prefix, not a depth-0 shortcut, and is not
+modelled here.
+
+Held-out instances: the whole word is the instance hashed to the train or evaluation
+partition (``holdout``).
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from lab.errors import ConfigError
-from lab.tasks.base import Task
+from lab.tasks.base import Task, check_holdout, draw_partitioned, mean_floor
 
 _DEGREE = {"S3": 3, "S4": 4, "S5": 5}
 
@@ -32,12 +44,14 @@ class WordConfig:
     group: str = "S3"
     length: int = 16
     ood_length: int | None = None  # default: 2 * length
+    holdout: float = 0.125  # fraction of words reserved for val/OOD (0: no partition)
 
 
 class WordProblemTask(Task):
     name = "word"
     causal = True
     Config = WordConfig
+    difficulty_name = "prefix length"
 
     def __init__(self, cfg: WordConfig):
         super().__init__(cfg)
@@ -50,6 +64,7 @@ class WordProblemTask(Task):
             raise ConfigError(
                 "task.ood_length", f"must exceed task.length={cfg.length}, got {self.ood_length}."
             )
+        check_holdout(cfg.holdout)
         self.elements = list(itertools.permutations(range(_DEGREE[cfg.group])))
         index = {p: i for i, p in enumerate(self.elements)}
         n = len(self.elements)
@@ -59,11 +74,26 @@ class WordProblemTask(Task):
         self.vocab_size = n
         self.seq_len = cfg.length
         self.max_seq_len = self.ood_length
-        self.chance = 1.0 / n
+        self.chance = mean_floor(self.floor("train"))
 
+    # ---------------------------------------------------------------- difficulty
+    def difficulty(self, x: torch.Tensor) -> torch.Tensor:
+        """The prefix length t (1-based) of every position."""
+        return torch.arange(1, x.shape[1] + 1).expand_as(x).clone()
+
+    def difficulty_values(self, split: str) -> list[int]:
+        T = self.ood_length if split == "ood" else self.cfg.length
+        return list(range(1, T + 1))
+
+    def floor(self, split: str) -> dict[int, float]:
+        return {t: 1.0 if t == 1 else 1.0 / self.vocab_size for t in self.difficulty_values(split)}
+
+    # ---------------------------------------------------------------- sampling
     def sample(self, n: int, generator: torch.Generator, split: str = "train"):
         T = self.ood_length if split == "ood" else self.cfg.length
-        x = torch.randint(0, self.vocab_size, (n, T), generator=generator)
+        x = draw_partitioned(
+            lambda m: torch.randint(0, self.vocab_size, (m, T), generator=generator),
+            n, split, self.cfg.holdout)
         y = torch.empty_like(x)
         prod = x[:, 0]
         y[:, 0] = prod
