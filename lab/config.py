@@ -144,6 +144,9 @@ class EvalConfig:
     # lab.eval.adaptive.exit_curve) with criterion model.exit; None = the default thresholds
     # (of model.exit's criterion, or of both criteria when model.exit is none).
     exit_thresholds: list[float] | None = None
+    # A difficulty value counts as solved when its accuracy reaches this (tasks with
+    # difficulty labels: val/solved_difficulty, the largest value solved).
+    solve_threshold: float = 0.95
 
 
 @dataclass

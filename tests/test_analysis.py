@@ -223,10 +223,11 @@ def test_plateau_that_is_only_not_significant_is_inconclusive():
     assert v.saturation is None
     assert v.sentence.startswith("Inconclusive: Gains are shown up to 2 loops, but a worthwhile "
                                  "gain beyond it is not excluded (3 loops vs 2 loops: +0.5 points")
-    # Normal approximation: pooled s = 0.01, target half-width |0.005 - 0.01| = 0.005,
-    # n = 2 * (1.96 * 0.01 / 0.005)^2 = 30.7 -> 31 seeds per setting.
-    assert v.seeds_needed == 31
-    assert "about 31 seeds per setting (now 3)" in v.sentence
+    # Pooled s = 0.01, target half-width |0.005 - 0.01| = 0.005: the smallest n with
+    # t(0.975, 2n - 2) * 0.01 * sqrt(2 / n) < 0.005 is 32 (n = 31: t(60) = 2.0003 gives
+    # 0.005081; n = 32: t(62) = 1.9990 gives 0.004998).
+    assert v.seeds_needed == 32
+    assert "about 32 seeds per setting (now 3)" in v.sentence
 
 
 def test_regression_after_three():

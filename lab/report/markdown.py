@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import yaml
 
+from lab.report.difficulty import difficulty_section
 from lab.report.figures import Figure
 from lab.report.fmt import (
     fmt_bytes,
@@ -86,6 +87,7 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
     if "axis" in figures:
         lines += image("objective vs axis", figures["axis"])
     lines += verdict_section(sa, verdicts)
+    lines += difficulty_section(sa, figures)
     lines += protocol_section(sa, verdicts, figures)
     lines += cost_section(sa, figures)
     lines += why_section(figures)

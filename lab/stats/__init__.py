@@ -25,8 +25,8 @@ Method (quoted in reports):
   test: every later setting's improvement over j has its upper confidence bound below
   min_gain. Where the data neither show a gain nor exclude one, the verdict is
   "inconclusive", with about how many seeds per setting would decide it at the observed
-  spread (normal approximation: n = 2 (z s / |d - min_gain|)^2, s the pooled per-seed
-  standard deviation, d the observed improvement).
+  spread: the smallest n whose half-width t(1 - alpha/2, 2n - 2) s sqrt(2/n) falls below
+  |d - min_gain| (s the pooled per-seed standard deviation, d the observed improvement).
 * Best setting: the one with the best mean. Regression: a setting after the best one whose
   difference to the best lies wholly below -min_gain (a shown loss).
 * Comparisons of unordered settings: a setting wins when its whole interval over the

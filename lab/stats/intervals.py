@@ -119,9 +119,10 @@ def seeds_to_decide(a: Values, b: Values, improvement: float, min_gain: float,
     between "a gain of at least min_gain" (low > min_gain) and "no worthwhile gain"
     (high < min_gain), at the spread observed so far.
 
-    Normal approximation: the half-width is z * s * sqrt(2 / n) for a pooled per-seed
-    standard deviation s. None when the spread is unknown (fewer than 2 seeds) or the
-    improvement sits exactly at min_gain; at most `cap`.
+    The smallest n (more than the seeds there are now) whose interval half-width,
+    t(1 - alpha/2, 2n - 2) * s * sqrt(2 / n) for the pooled per-seed standard deviation s,
+    falls below |improvement - min_gain|. None when the spread is unknown (fewer than 2
+    seeds) or the improvement sits exactly at min_gain; at most `cap`.
     """
     xa, xb = _array(a), _array(b)
     if xa.size < 2 or xb.size < 2 or not math.isfinite(improvement):
@@ -130,7 +131,10 @@ def seeds_to_decide(a: Values, b: Values, improvement: float, min_gain: float,
     target = abs(improvement - min_gain)  # the half-width that decides either way
     if target == 0.0:
         return None
+    n = max(xa.size, xb.size) + 1
     if s == 0.0:
-        return max(xa.size, xb.size)
-    z = float(student_t.ppf(_two_sided(confidence), math.inf))
-    return min(cap, max(2, math.ceil(2 * (z * s / target) ** 2)))
+        return n
+    q = _two_sided(confidence)
+    while n < cap and t_quantile(q, 2 * n - 2) * s * math.sqrt(2 / n) >= target:
+        n += 1
+    return n

@@ -14,9 +14,20 @@ from lab.config import LabConfig
 from lab.eval.adaptive import exit_settings
 from lab.eval.metrics import Accuracy, Diagnostics
 from lab.model import StackPlan, build_model
-from lab.tasks import IGNORE, Task
+from lab.tasks import IGNORE, Task, accuracy_by_difficulty, has_difficulty, largest_solved, merge_counts
 from lab.train.data import EVAL_SPLITS, mix
 from lab.train.optim import build_optimizer
+
+
+def difficulty_metrics(split: str, counts: dict[int, tuple[int, int]],
+                       threshold: float) -> dict[str, float]:
+    """Accuracy per difficulty value, the largest value solved (0 when none is) and the
+    normalized area under accuracy-vs-difficulty (the mean accuracy over the values)."""
+    acc = {k: c / n for k, (c, n) in counts.items() if n}
+    out = {f"{split}/acc_by_difficulty/{k}": a for k, a in acc.items()}
+    out[f"{split}/solved_difficulty"] = float(largest_solved(counts, threshold) or 0)
+    out[f"{split}/auc_difficulty"] = sum(acc.values()) / len(acc)
+    return out
 
 
 class Diverged(RuntimeError):
@@ -47,6 +58,9 @@ class LabModule(pl.LightningModule):
         # Byte-level tasks: bits per byte, and the loss by position in the window.
         self.bytes = bool(getattr(task, "tokens_are_bytes", False))
         self.acc = {s: Accuracy(by_position=self.bytes) for s in self.splits}
+        # Tasks with difficulty labels: {difficulty: (correct, count)} per split.
+        self.graded = has_difficulty(task)
+        self.by_difficulty: dict[str, dict[int, tuple[int, int]]] = {s: {} for s in self.splits}
         self.loops_used = {s: [0, 0] for s in self.splits}  # adaptive exit: sum, count
         self.diag = Diagnostics()
         self.final: dict[str, float] = {}
@@ -107,6 +121,9 @@ class LabModule(pl.LightningModule):
             self.loops_used[split][0] += int(used[mask].sum())
             self.loops_used[split][1] += int(mask.sum())
         self.acc[split].update(logits, y)
+        if self.graded:
+            self.by_difficulty[split] = merge_counts(
+                self.by_difficulty[split], accuracy_by_difficulty(logits, y, self.task.difficulty(x)))
 
     def on_validation_epoch_end(self):
         metrics = {}
@@ -115,6 +132,10 @@ class LabModule(pl.LightningModule):
                 metrics.update({f"{split}/{k}": v for k, v in acc.compute().items()})
                 if self.bytes:
                     metrics[f"{split}/bpb"] = metrics[f"{split}/loss"] / math.log(2)
+            if self.by_difficulty[split]:
+                metrics.update(difficulty_metrics(split, self.by_difficulty[split],
+                                                  self.cfg.eval.solve_threshold))
+                self.by_difficulty[split] = {}
             acc.reset()
             total, count = self.loops_used[split]
             if count:

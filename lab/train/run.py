@@ -25,7 +25,7 @@ from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
-from lab.tasks import describe
+from lab.tasks import describe, has_difficulty
 from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.module import Diverged, LabModule, Throughput
 
@@ -91,7 +91,10 @@ def _latest_version(root: Path) -> str | None:
 def task_record(task) -> dict:
     """What the task says about itself: its description and, where it has one, its data's
     provenance (a corpus's roots, files and bytes per split, content hash, Python version)."""
-    rec = {"description": describe(task), "chance": task.chance}
+    rec: dict = {"description": describe(task), "chance": task.chance}
+    if has_difficulty(task):
+        rec["difficulty_name"] = getattr(task, "difficulty_name", "difficulty")
+        rec["floors"] = {str(k): v for k, v in task.floor("val").items()}
     if hasattr(task, "provenance"):
         rec["provenance"] = task.provenance()
     return rec

@@ -9,6 +9,7 @@ from lab.report.figures.common import MARKERS, Figure, integer_axis, obj_label, 
 from lab.report.figures.cost import COST_PANELS, fig_cost
 from lab.report.figures.curves import fig_axis, fig_categories
 from lab.report.figures.diagnostics import diagnostic_figures
+from lab.report.figures.difficulty import fig_difficulty
 from lab.report.figures.protocol import fig_learning_curves, fig_sensitivity
 
 if TYPE_CHECKING:
@@ -29,7 +30,8 @@ def report_figures(sa: StudyAnalysis, out: Path) -> dict[str, Figure]:
     if cost:
         figures["cost"] = cost
     for kind, draw, name in (("curves", fig_learning_curves, "curves.png"),
-                             ("sensitivity", fig_sensitivity, "sensitivity.png")):
+                             ("sensitivity", fig_sensitivity, "sensitivity.png"),
+                             ("difficulty", fig_difficulty, "difficulty.png")):
         f = draw(sa, out / name)
         if f:
             figures[kind] = f
