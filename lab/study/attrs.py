@@ -31,6 +31,7 @@ METRICS_ATTR = "metrics"  # final metrics {name: value}, diagnostics excluded
 DIAGNOSTICS_ATTR = "diagnostics"  # per-loop / per-layer diagnostics
 EXTRAPOLATION_ATTR = "extrapolation"  # {split: {loops: accuracy}}
 ADAPTIVE_ATTR = "adaptive"  # {criterion: [rows]}
+METRIC_PREFIX = "metric/"  # the final metrics again, flat: "metric/val/acc_token" (dashboard)
 RESULT_ATTRS = ("metrics", "diagnostics", "extrapolation", "adaptive", "plan", "widths",
                 "mlp_hidden", "latency_mode", "run_dir", "wall_time_s", "steps",
                 "resumed_from_step")

@@ -14,6 +14,7 @@ from lab.study.attrs import (
     GIT_ATTR,
     GROUP_ATTR,
     INTERRUPTED,
+    METRIC_PREFIX,
     QUEUED_ATTR,
     SETTING_ATTR,
     SPURIOUS_ATTR,
@@ -23,6 +24,7 @@ from lab.study.attrs import (
     encode,
     pair_key,
 )
+from lab.study.hparams import hparam_domain, trial_hparams
 from lab.study.queue import worker_identity
 from lab.study.spec import Ablation, Choice, fmt_value, short_key
 from lab.train import train
@@ -59,17 +61,32 @@ def setting_label(abl: Ablation, params: dict[str, Any]) -> tuple[str, str, floa
     label = ", ".join(f"{short_key(k)}={fmt_value(v)}" for k, v in p.items())
     return label or "base", "", None
 
-def pruning_callback(trial, monitor: str):
+def study_pruner(abl: Ablation):
+    """The ablation's pruner; Optuna's NopPruner when it names none (load_study's default
+    would be a MedianPruner)."""
+    import optuna
+
+    if abl.pruner == "median":
+        return optuna.pruners.MedianPruner(n_warmup_steps=1)
+    if abl.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+def pruning_callback(trial, monitor: str, prune: bool = True):
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
     class StepPruning(PyTorchLightningPruningCallback):
         """Report at the global step: a lab run is one long epoch, so reporting at the epoch
-        (the stock behaviour) would collapse every validation onto step 0."""
+        (the stock behaviour) would collapse every validation onto step 0. Attached to every
+        trial: the objective at each validation is the trial's intermediate value (plotted by
+        optuna-dashboard), and with no pruner Optuna's NopPruner never prunes."""
 
         def __init__(self, trial, monitor: str):
             super().__init__(trial, monitor=monitor)
             self.lab_trial = trial
+            self.reported: set[int] = set()
+            self.prune = prune
 
         def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking or self.is_ddp_backend:
@@ -78,8 +95,11 @@ def pruning_callback(trial, monitor: str):
             if score is None:
                 return None
             step = trainer.global_step
+            if step in self.reported:  # the closing validation of a run at a validation step
+                return None
+            self.reported.add(step)
             self.lab_trial.report(float(score), step=step)
-            if self.lab_trial.should_prune():
+            if self.prune and self.lab_trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor}={float(score):.4f}")
             return None
 
@@ -88,6 +108,7 @@ def pruning_callback(trial, monitor: str):
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
     import optuna
 
+    domain = hparam_domain(abl)
 
     def objective(trial: optuna.trial.Trial) -> float:
         # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
@@ -130,11 +151,11 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
         cfg.resume = retry
         trial.set_user_attr(GIT_ATTR, git_info())
         trial.set_user_attr(THREADS_ATTR, threads)
-        callbacks = [pruning_callback(trial, abl.objective)] if abl.pruner else []
+        callbacks = [pruning_callback(trial, abl.objective, prune=abl.pruner is not None)]
         try:
             res = train(cfg, save_dir=runs_dir, name=abl.study, version=version,
                         callbacks=callbacks, progress=False,
-                        hparams={"trial": trial.number, "setting": label})
+                        hparams=trial_hparams(abl, cfg, label), hparam_domain=domain)
         except optuna.TrialPruned:
             raise
         except LabError as e:
@@ -171,6 +192,9 @@ def record(res) -> dict[str, Any]:
         "resumed_from_step": res.resumed_from_step,
         "run_dir": res.run_dir,
         "metrics": clean({k: v for k, v in res.metrics.items() if not k.startswith("diag/")}),
+        # The same metrics flat, one numeric attribute each, for optuna-dashboard's plots.
+        **{f"{METRIC_PREFIX}{k}": clean(float(v)) for k, v in res.metrics.items()
+           if not k.startswith("diag/") and isinstance(v, int | float)},
         "diagnostics": clean({k[5:]: v for k, v in res.metrics.items() if k.startswith("diag/")}),
         "extrapolation": clean(res.extrapolation),
         "adaptive": clean(res.adaptive),

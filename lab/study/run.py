@@ -30,6 +30,7 @@ from lab.study.attrs import (
     SPURIOUS_ATTR,
     TASK_ATTR,
 )
+from lab.study.objective import study_pruner
 from lab.study.queue import (
     count_done,
     has_work,
@@ -49,9 +50,7 @@ def create_or_load_study(abl: Ablation, storage=None):
     fp, ident = abl.fingerprint()
     sampler = (optuna.samplers.TPESampler(seed=abl.seeds[0]) if abl.sampler == "tpe"
                else optuna.samplers.BruteForceSampler(seed=0))
-    pruner = {"median": optuna.pruners.MedianPruner(n_warmup_steps=1),
-              "hyperband": optuna.pruners.HyperbandPruner()}.get(abl.pruner or "",
-                                                                 optuna.pruners.NopPruner())
+    pruner = study_pruner(abl)
     study = optuna.create_study(study_name=abl.study, storage=storage, sampler=sampler,
                                 pruner=pruner, direction=abl.direction, load_if_exists=True)
     old = study.user_attrs.get(FINGERPRINT_ATTR)
@@ -116,8 +115,9 @@ def load_existing_study(abl: Ablation):
             + f". Run it first: lab sweep {abl.path}."
         ) from None
 
-def default_workers(abl: Ablation, requested: int | None) -> int:
-    n = requested or abl.workers or os.cpu_count() or 1
+def default_workers(abl: Ablation, requested: int | None, threads: int = 1) -> int:
+    """Workers asked for, else the ablation's, else one per `threads` cores."""
+    n = requested or abl.workers or (os.cpu_count() or 1) // threads
     return max(1, int(n))
 
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
@@ -142,10 +142,10 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
         else:
             done = count_done(study.get_trials(deepcopy=False), abl)
     total = len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials
-    n_workers = default_workers(abl, workers)
+    threads = abl.config().train.threads  # train.threads (default 1), as the config says
+    n_workers = default_workers(abl, workers, threads)
     if abl.sampler == "grid":
         n_workers = min(n_workers, max(1, total - done))
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
     shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
              else f"sampled by {abl.sampler}")
     console.print(

@@ -11,7 +11,7 @@ import sys
 import time
 
 from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED
-from lab.study.objective import TrialFailed, make_objective
+from lab.study.objective import TrialFailed, make_objective, study_pruner
 from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
 from lab.study.spec import load_ablation
 from lab.study.storage import file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
@@ -59,7 +59,7 @@ def worker_main(argv: list[str]) -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     abl = load_ablation(args.ablation, args.overrides)
     storage = open_storage(abl.storage)
-    study = optuna.load_study(study_name=abl.study, storage=storage)
+    study = optuna.load_study(study_name=abl.study, storage=storage, pruner=study_pruner(abl))
     lock = file_lock(lock_path_for(abl.storage))
     held = {"n": 0}
 
