@@ -19,6 +19,7 @@ from lab.report.fmt import fmt_ci, fmt_num, fmt_obj, setting_label
 from lab.report.html import write_html
 from lab.report.markdown import md_table
 from lab.report.study import StudyAnalysis
+from lab.report.write import check_fingerprint
 from lab.study.run import load_existing_study
 from lab.study.spec import load_ablation
 
@@ -30,7 +31,9 @@ def analyses(paths: list[str], overrides: list[str] | None = None) -> list[Study
     out = []
     for p in paths:
         abl = load_ablation(p, overrides or [])
-        sa = StudyAnalysis(abl, load_existing_study(abl))
+        study = load_existing_study(abl)
+        check_fingerprint(abl, study)
+        sa = StudyAnalysis(abl, study)
         if sa.n_complete == 0:
             raise LabError(f"study '{abl.study}' has no completed trials to compare.")
         out.append(sa)
