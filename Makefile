@@ -8,21 +8,29 @@ WORKERS  ?=
 ARGS     ?=
 CONFIG   ?=
 HOST     ?= 127.0.0.1
+PORT     ?= 8080
+STUDY    ?=
+FORMAT   ?= csv
+SETTING  ?=
+SEED     ?=
+ABLATIONS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint smoke sweep report train check bench tensorboard dashboard clean
+.PHONY: help setup test test-all lint smoke sweep report export rerun compare train check bench \
+        tensorboard dashboard clean clean-studies
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: ABLATION=$(ABLATION) WORKERS=<n> ARGS=\"key=value ...\" CONFIG=<yaml>"
+	@echo "             STUDY=<runs/ subfolder> FORMAT=csv|json|parquet SETTING=\"<label>\" SEED=<n> ABLATIONS=\"a b\""
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,dashboard]'
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the lab (editable) with test tools
+setup: $(STAMP) ## create .venv and install the lab (editable) with test tools and optuna-dashboard
 
 test: $(STAMP) ## fast test suite (slow end-to-end tests excluded)
 	$(BIN)/pytest -q
@@ -42,8 +50,17 @@ smoke: $(STAMP) ## tiny loops study (< 2 min) and its report
 sweep: $(STAMP) ## run an ablation and write its report: make sweep ABLATION=widths WORKERS=2
 	$(BIN)/lab sweep ablations/$(ABLATION).yaml $(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
-report: $(STAMP) ## rewrite reports/$(ABLATION)/report.md from the study storage
+report: $(STAMP) ## rewrite reports/<study>/report.md and report.html from the study storage
 	$(BIN)/lab report ablations/$(ABLATION).yaml $(ARGS)
+
+export: $(STAMP) ## one row per trial: make export ABLATION=loops FORMAT=csv (reports/<study>/trials.csv)
+	$(BIN)/lab export ablations/$(ABLATION).yaml --format $(FORMAT) $(ARGS)
+
+rerun: $(STAMP) ## retrain one trial into runs/: make rerun ABLATION=loops SETTING="looped, loops=3" SEED=1
+	$(BIN)/lab rerun ablations/$(ABLATION).yaml "$(SETTING)" $(if $(SEED),seed=$(SEED)) $(ARGS)
+
+compare: $(STAMP) ## one table and figure across studies: make compare ABLATIONS="loops depth"
+	$(BIN)/lab compare $(foreach a,$(ABLATIONS),ablations/$(a).yaml) $(ARGS)
 
 check: $(STAMP) ## build every config and ablation setting, one forward pass each
 	$(BIN)/lab check
@@ -51,13 +68,16 @@ check: $(STAMP) ## build every config and ablation setting, one forward pass eac
 bench: $(STAMP) ## measure harness overhead and utilisation; writes reports/bench/report.md
 	$(BIN)/lab bench $(ARGS)
 
-tensorboard: $(STAMP) ## TensorBoard on runs/ (bound to 127.0.0.1)
-	$(BIN)/tensorboard --logdir runs --host $(HOST)
+tensorboard: $(STAMP) ## TensorBoard on runs/ (or runs/STUDY with STUDY=...), bound to 127.0.0.1
+	$(BIN)/tensorboard --logdir runs$(if $(STUDY),/$(STUDY)) --host $(HOST)
 
-dashboard: $(STAMP) ## optuna-dashboard on the study storage (127.0.0.1:8080)
-	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install -q optuna-dashboard
-	$(BIN)/optuna-dashboard sqlite:///studies/$(ABLATION).db --host $(HOST)
+dashboard: $(STAMP) ## optuna-dashboard on the study's own storage: make dashboard ABLATION=loops ARGS="..."
+	$(BIN)/lab dashboard ablations/$(ABLATION).yaml --host $(HOST) --port $(PORT) $(ARGS)
 
-clean: ## remove runs/, studies/ and caches (never reports/)
-	rm -rf runs studies .pytest_cache .ruff_cache
+clean: ## remove runs/ and caches (keeps studies/ and reports/)
+	rm -rf runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+clean-studies: ## delete studies/: every study's trials (Optuna storages); reports cannot be rebuilt after
+	@echo "deleting studies/ (the Optuna storages: $$(ls studies 2>/dev/null | grep -c '\.db$$') SQLite studies); reports/ is kept"
+	rm -rf studies

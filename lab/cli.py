@@ -1,4 +1,4 @@
-"""The ``lab`` command: train, check, sweep, report, bench."""
+"""The ``lab`` command: train, check, sweep, report, export, rerun, compare, dashboard, bench."""
 
 from __future__ import annotations
 
@@ -42,10 +42,15 @@ def run_table(rows: list[dict], title: str) -> Table:
 
 def cmd_train(args) -> int:
     from lab.config import load_config
+    from lab.study.spec import NON_IDENTITY_KEYS
     from lab.train import train
+    from lab.train.tensorboard import DEFAULT_HPARAM_KEYS, run_hparams
 
     cfg = load_config(args.config, args.overrides)
-    res = train(cfg)
+    # HParams: a few model keys and whatever the command line set (seed and task always).
+    keys = [*DEFAULT_HPARAM_KEYS, *(o.partition("=")[0] for o in args.overrides)]
+    keys = [k for k in dict.fromkeys(keys) if k not in NON_IDENTITY_KEYS]
+    res = train(cfg, hparams=run_hparams(cfg, keys))
     row = {
         "config": ", ".join(args.config) if args.config else "defaults",
         "family": res.config["model"]["family"],
@@ -126,7 +131,61 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from lab.report import write_report
 
-    return write_report(args.ablation, args.overrides)
+    return write_report(args.ablation, args.overrides, force=args.force)
+
+
+def cmd_export(args) -> int:
+    from lab.report.export import export_study
+
+    path = export_study(args.ablation, args.overrides, fmt=args.format, out=args.out)
+    console.print(f"exported: {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from lab.report.compare import write_compare
+
+    paths = [a for a in args.ablations if "=" not in a]
+    overrides = [*args.overrides, *(a for a in args.ablations if "=" in a)]
+    out_dir, rows = write_compare(paths, overrides, args.out)
+    table = Table(title=f"lab compare: {len(paths)} studies", header_style="bold")
+    for col in ("study", "setting", "n", "mean ± CI"):
+        table.add_column(col, justify="right" if col in ("n", "mean ± CI") else "left")
+    for r in rows:
+        table.add_row(r["study"], r["setting"], str(r["n"]), r["ci"])
+    out.print(table)
+    console.print(f"comparison: {out_dir / 'compare.md'} (and compare.html, compare.png)")
+    return 0
+
+
+def cmd_rerun(args) -> int:
+    from lab.study.rerun import rerun, stored_value
+
+    abl, setting, seed, res = rerun(args.ablation, args.setting, args.overrides)
+    row = {"config": f"{abl.study}: {setting.label}, seed {seed}",
+           "family": res.config["model"]["family"], "plan": res.plan["description"],
+           "params": res.costs.get("params"), "depth": res.costs.get("effective_depth"),
+           "flops": res.costs.get("flops_per_token"), "val": res.metrics.get("val/acc_token"),
+           "ood": res.metrics.get("ood/acc_token"), "wall": res.wall_time_s,
+           "run_dir": res.run_dir}
+    out.print(run_table([row], "lab rerun"))
+    stored = stored_value(abl, setting.label, seed)
+    if stored is not None:
+        now = res.metrics.get(abl.objective)
+        out.print(f"{abl.objective}: stored trial {stored!r}, this run {now!r}"
+                  + (" (identical)" if now == stored else ""))
+    if res.status != "ok":
+        console.print(f"[red]run {res.status}: {res.reason}[/red]")
+        return 1
+    out.print(f"TensorBoard: tensorboard --logdir {Path(res.run_dir).parent} --host 127.0.0.1")
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    from lab.study.dashboard import run_dashboard
+
+    return run_dashboard(args.ablation, args.overrides, host=args.host, port=args.port,
+                         announce=lambda msg: console.print(msg, highlight=False))
 
 
 def cmd_bench(args) -> int:
@@ -162,7 +221,37 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write reports/<ablation>/report.md from the study storage")
     r.add_argument("ablation")
     r.add_argument("overrides", nargs="*", help="study keys, e.g. storage=...")
+    r.add_argument("--force", action="store_true",
+                   help="report even if the stored study was made from another ablation file")
+    r.add_argument("--html", action="store_true",
+                   help="also write report.html (always written; kept for clarity)")
     r.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("export", help="one row per trial (setting, seed, state, metrics, costs)")
+    e.add_argument("ablation")
+    e.add_argument("overrides", nargs="*", help="config overrides and study keys, as for sweep")
+    e.add_argument("--format", "-f", choices=("csv", "json", "parquet"), default="csv")
+    e.add_argument("--out", "-o", default=None,
+                   help="output file (default reports/<study>/trials.<format>)")
+    e.set_defaults(func=cmd_export)
+
+    rr = sub.add_parser("rerun", help="retrain one setting/seed of a study into runs/")
+    rr.add_argument("ablation")
+    rr.add_argument("setting", help='a setting label, e.g. "looped, loops=2" (or a unique part)')
+    rr.add_argument("overrides", nargs="*", help="seed=N, and the sweep's config overrides")
+    rr.set_defaults(func=cmd_rerun)
+
+    cp = sub.add_parser("compare", help="one table and figure across studies")
+    cp.add_argument("ablations", nargs="+", help="two or more ablation files")
+    cp.add_argument("--out", default=None, help="output folder (default reports/compare/A+B)")
+    cp.set_defaults(func=cmd_compare, overrides=[])
+
+    d = sub.add_parser("dashboard", help="optuna-dashboard on the study's own storage")
+    d.add_argument("ablation")
+    d.add_argument("overrides", nargs="*", help="config overrides and study keys, as for sweep")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(func=cmd_dashboard)
 
     b = sub.add_parser("bench", help="measure harness overhead and utilisation")
     b.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")

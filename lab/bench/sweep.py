@@ -25,8 +25,10 @@ def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
     storage = f"sqlite:///{cwd / 'study.db'}"
     study = f"bench-{label}"
     ablation = str(REPO / sizes.sweep_ablation)
+    threads = max(1, (os.cpu_count() or 1) // workers)
     argv = [sys.executable, "-m", "lab.cli", "sweep", ablation, "--workers", str(workers),
-            f"storage={storage}", f"study={study}", *sizes.sweep_overrides]
+            f"storage={storage}", f"study={study}", f"train.threads={threads}",
+            *sizes.sweep_overrides]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     log = cwd / "sweep.log"
@@ -51,7 +53,7 @@ def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
     train_walls = [float(t.user_attrs["wall_time_s"]) for t in trials
                    if isinstance(t.user_attrs.get("wall_time_s"), int | float)]
     return {
-        "workers": workers, "threads_per_worker": max(1, (os.cpu_count() or 1) // workers),
+        "workers": workers, "threads_per_worker": threads,
         "trials": len(trials), "command_wall_s": wall, "trial_span_s": span,
         "trials_per_hour": len(trials) / span * 3600,
         "trials_per_hour_command": len(trials) / wall * 3600,

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 import yaml
 
+from lab.report.commands import make_command, rerun_command
 from lab.report.difficulty import difficulty_section
 from lab.report.figures import Figure
 from lab.report.fmt import (
@@ -98,14 +99,13 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
         f"- every trial is a TensorBoard run under `runs/{abl.study}/`: "
         f"`make tensorboard` (or `tensorboard --logdir runs/{abl.study} --host 127.0.0.1`); the "
         "HParams tab compares the whole study.",
-        f"- the study itself: `make dashboard ABLATION={abl.name}` (optuna-dashboard), or "
+        f"- the study itself: `{make_command('dashboard', abl, meta)}` (optuna-dashboard), or "
         f"`optuna.load_study(study_name='{abl.study}', storage='{redact_url(abl.storage)}')`; "
         "trial parameters are the dotted config keys plus `seed`, costs and metrics are user "
         "attributes.",
-        f"- rerun: `make sweep ABLATION={abl.name}`"
-        + (f" ARGS=\"{' '.join(meta.get('config_overrides') or [])}\""
-           if meta.get("config_overrides") else "")
-        + " (completed trials are kept; only missing ones run).",
+        f"- rerun: `{make_command('sweep', abl, meta)}` (completed trials are kept; only "
+        "missing ones run); one trial outside the study: "
+        f"`{rerun_command(abl, meta)}`.",
         "",
     ]
     return "\n".join(lines)

@@ -9,23 +9,47 @@ from pathlib import Path
 from lab.errors import LabError
 from lab.report.figures import report_figures
 from lab.report.fmt import fmt_bytes, fmt_ci, fmt_num, fmt_time, setting_label
+from lab.report.html import write_html
 from lab.report.markdown import write_markdown
 from lab.report.study import StudyAnalysis
-from lab.study.run import load_existing_study
+from lab.study.attrs import FINGERPRINT_ATTR, IDENTITY_ATTR
+from lab.study.run import first_difference, load_existing_study
 from lab.study.spec import Ablation, load_ablation
+from lab.study.storage import redact_url
 
 
 def report_dir(abl: Ablation) -> Path:
     return Path("reports") / abl.study
 
 
-def write_report(path: str, overrides: list[str] | None = None, quiet: bool = False) -> int:
-    """Write reports/<study>/ (report.md, PNG figures, summary.json) from the study storage."""
+def check_fingerprint(abl: Ablation, study, force: bool = False) -> str | None:
+    """None when the stored study was made from this ablation file; else what differs.
+
+    Without `force` a mismatch is an error (the report would describe another study)."""
+    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    fp, ident = abl.fingerprint()
+    if stored is None or stored == fp:
+        return None
+    what = first_difference(study.user_attrs.get(IDENTITY_ATTR, {}), ident)
+    if not force:
+        raise LabError(
+            f"study '{abl.study}' in {redact_url(abl.storage)} was not made from {abl.path}: "
+            f"its {what}. Give the ablation file the study was swept with, or --force to "
+            "report it anyway (the report then says so)."
+        )
+    return what
+
+
+def write_report(path: str, overrides: list[str] | None = None, quiet: bool = False,
+                 force: bool = False) -> int:
+    """Write reports/<study>/ (report.md, report.html, PNG figures, summary.json) from the
+    study storage."""
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
     abl = load_ablation(path, overrides or [])
     study = load_existing_study(abl)
+    mismatch = check_fingerprint(abl, study, force)
     sa = StudyAnalysis(abl, study)
     if sa.n_complete == 0:
         raise LabError(
@@ -36,10 +60,19 @@ def write_report(path: str, overrides: list[str] | None = None, quiet: bool = Fa
     out = report_dir(abl)
     out.mkdir(parents=True, exist_ok=True)
     figures = report_figures(sa, out)
-    (out / "report.md").write_text(write_markdown(sa, figures))
+    text = write_markdown(sa, figures)
+    if mismatch:
+        head, _, rest = text.partition("\n")
+        text = (f"{head}\n\n> **Warning.** This report was forced (`--force`): the study in "
+                f"storage was not made from `{abl.path}` (its {mismatch}). Descriptions and "
+                f"commands below come from that file.\n{rest}")
+    (out / "report.md").write_text(text)
+    write_html(out / "report.md")
     (out / "summary.json").write_text(json.dumps(sa.summary(), indent=2, default=str))
     if not quiet:
-        console.print(f"report: {out / 'report.md'}")
+        console.print(f"report: {out / 'report.md'} (and report.html, figures inline)")
+        if mismatch:
+            console.print(f"[yellow]forced: the stored study differs from {abl.path}[/yellow]")
         for g, v in sa.verdicts():
             console.print(f"[bold]{g + ': ' if g else ''}[/bold]{v.sentence}")
     return 0

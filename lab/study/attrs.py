@@ -33,6 +33,7 @@ DIAGNOSTICS_ATTR = "diagnostics"  # per-loop / per-layer diagnostics
 EXTRAPOLATION_ATTR = "extrapolation"  # {split: {loops: accuracy}}
 ADAPTIVE_ATTR = "adaptive"  # {criterion: [rows]}
 CURVE_ATTR = "curve"  # the learning curve: {"step": [...], metric: [...]} at every validation
+METRIC_PREFIX = "metric/"  # the final metrics again, flat: "metric/val/acc_token" (dashboard)
 RESULT_ATTRS = ("metrics", "diagnostics", "extrapolation", "adaptive", "plan", "widths",
                 "mlp_hidden", "latency_mode", "run_dir", "wall_time_s", "steps",
                 "resumed_from_step", "curve")

@@ -15,6 +15,7 @@ from lab.study.attrs import (
     GIT_ATTR,
     GROUP_ATTR,
     INTERRUPTED,
+    METRIC_PREFIX,
     QUEUED_ATTR,
     SETTING_ATTR,
     SPURIOUS_ATTR,
@@ -25,6 +26,7 @@ from lab.study.attrs import (
     encode,
     pair_key,
 )
+from lab.study.hparams import hparam_domain, trial_hparams
 from lab.study.queue import worker_identity
 from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
@@ -64,17 +66,21 @@ def setting_label(abl: Ablation, params: dict[str, Any]) -> tuple[str, str, floa
     label = ", ".join(f"{short_key(k)}={fmt_value(v)}" for k, v in p.items())
     return label or "base", "", None
 
-def pruning_callback(trial, monitor: str):
+def pruning_callback(trial, monitor: str, prune: bool = True):
     import optuna
     from optuna_integration import PyTorchLightningPruningCallback
 
     class StepPruning(PyTorchLightningPruningCallback):
         """Report at the global step: a lab run is one long epoch, so reporting at the epoch
-        (the stock behaviour) would collapse every validation onto step 0."""
+        (the stock behaviour) would collapse every validation onto step 0. Attached to every
+        trial: the objective at each validation is the trial's intermediate value (plotted by
+        optuna-dashboard), and with no pruner Optuna's NopPruner never prunes."""
 
         def __init__(self, trial, monitor: str):
             super().__init__(trial, monitor=monitor)
             self.lab_trial = trial
+            self.reported: set[int] = set()
+            self.prune = prune
 
         def on_validation_end(self, trainer, pl_module):
             if trainer.sanity_checking or self.is_ddp_backend:
@@ -83,8 +89,11 @@ def pruning_callback(trial, monitor: str):
             if score is None:
                 return None
             step = trainer.global_step
+            if step in self.reported:  # the closing validation of a run at a validation step
+                return None
+            self.reported.add(step)
             self.lab_trial.report(float(score), step=step)
-            if self.lab_trial.should_prune():
+            if self.prune and self.lab_trial.should_prune():
                 self.lab_trial.set_user_attr("steps", step)
                 raise optuna.TrialPruned(f"pruned at step {step}: {self.monitor}={float(score):.4f}")
             return None
@@ -95,6 +104,8 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                    tune_setting: Setting | None = None):
     """The objective of the measured trials, or of one setting's tuning trials."""
     import optuna
+
+    domain = hparam_domain(abl)
 
     def objective(trial: optuna.trial.Trial) -> float:
         # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
@@ -156,13 +167,15 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
             cfg.eval.cost = cfg.eval.diagnostics = False
         trial.set_user_attr(GIT_ATTR, git_info())
         trial.set_user_attr(THREADS_ATTR, threads)
-        # Reports the objective at every validation step (intermediate values), and prunes
-        # when the study has a pruner (Optuna's NopPruner never prunes).
-        callbacks = [pruning_callback(trial, objective_key)]
+        # Reports the objective at every validation step (intermediate values); prunes only
+        # when the ablation (or, for tuning, its tune section) names a pruner.
+        prune = abl.pruner is not None if tune_setting is None else (
+            abl.tune is not None and abl.tune.pruner != "none")
+        callbacks = [pruning_callback(trial, objective_key, prune=prune)]
         try:
             res = train(cfg, save_dir=runs_dir, name=name, version=version,
                         callbacks=callbacks, progress=False, eval_splits=splits,
-                        hparams={"trial": trial.number, "setting": label})
+                        hparams=trial_hparams(abl, cfg, label), hparam_domain=domain)
         except optuna.TrialPruned:
             raise
         except LabError as e:
@@ -199,6 +212,9 @@ def record(res) -> dict[str, Any]:
         "resumed_from_step": res.resumed_from_step,
         "run_dir": res.run_dir,
         "metrics": clean({k: v for k, v in res.metrics.items() if not k.startswith("diag/")}),
+        # The same metrics flat, one numeric attribute each, for optuna-dashboard's plots.
+        **{f"{METRIC_PREFIX}{k}": clean(float(v)) for k, v in res.metrics.items()
+           if not k.startswith("diag/") and isinstance(v, int | float)},
         "diagnostics": clean({k[5:]: v for k, v in res.metrics.items() if k.startswith("diag/")}),
         "extrapolation": clean(res.extrapolation),
         "adaptive": clean(res.adaptive),

@@ -126,8 +126,9 @@ def load_existing_study(abl: Ablation):
             + f". Run it first: lab sweep {abl.path}."
         ) from None
 
-def default_workers(abl: Ablation, requested: int | None) -> int:
-    n = requested or abl.workers or os.cpu_count() or 1
+def default_workers(abl: Ablation, requested: int | None, threads: int = 1) -> int:
+    """Workers asked for, else the ablation's, else one per `threads` cores."""
+    n = requested or abl.workers or (os.cpu_count() or 1) // threads
     return max(1, int(n))
 
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
@@ -191,10 +192,10 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str,
                 (len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials)
                 for _, items in studies)
     done = n_done()
-    n_workers = default_workers(abl, workers)
+    threads = abl.config().train.threads  # train.threads (default 1), as the config says
+    n_workers = default_workers(abl, workers, threads)
     if abl.sampler == "grid":
         n_workers = min(n_workers, max(1, total - done))
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
     console.print(
         f"[bold]{escape(title)}[/bold]: {total} trials ({escape(shape)}), {done} already done; "
         f"{n_workers} worker(s) x {threads} thread(s); storage {escape(redact_url(abl.storage))}"

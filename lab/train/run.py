@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -16,8 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lab.config import LabConfig, flatten, to_dict
 from lab.errors import LabError
@@ -28,6 +26,13 @@ from lab.provenance import provenance
 from lab.tasks import describe, has_difficulty
 from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.module import Diverged, LabModule, Throughput
+from lab.train.tensorboard import (
+    FigureLogger,
+    RunLogger,
+    StepProgressBar,
+    final_metrics,
+    run_hparams,
+)
 
 
 def quiet_lightning() -> None:
@@ -140,8 +145,14 @@ def train(
     progress: bool | None = None,
     hparams: dict[str, Any] | None = None,
     eval_splits: tuple[str, ...] = EVAL_SPLITS,
+    hparam_domain: dict[str, list] | None = None,
 ) -> RunResult:
-    """Train one run; write config, provenance, results and a TensorBoard run into its dir."""
+    """Train one run; write config, provenance, results and a TensorBoard run into its dir.
+
+    `hparams` are what identifies the run in TensorBoard's HParams tab (a study passes its
+    swept keys, setting, seed and task; by default a few model keys, the seed and the task),
+    `hparam_domain` every value each of them takes across the study.
+    """
     quiet_lightning()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(cfg.train.threads)
@@ -154,8 +165,7 @@ def train(
         if found and (Path(save_dir) / name / found / "checkpoints" / "last.ckpt").is_file():
             version = found
             resume_from = "last"
-    logger = TensorBoardLogger(save_dir=save_dir, name=name, version=version,
-                               default_hp_metric=False)
+    logger = RunLogger(save_dir=save_dir, name=name, version=version, default_hp_metric=False)
     run_dir = Path(logger.log_dir)
     if resume_from:
         check_resume_config(run_dir, cfg)
@@ -164,6 +174,18 @@ def train(
     (run_dir / "provenance.json").write_text(json.dumps(
         {**provenance(), "plan": plan_record(plan, cfg), "task": task_record(task)}, indent=2))
 
+    logger.log_config(cfg)
+    try:
+        return _fit(cfg, task, plan, logger, run_dir, callbacks, progress, resume_from,
+                    hparams if hparams is not None else run_hparams(cfg), hparam_domain,
+                    eval_splits)
+    finally:
+        logger.close_run("success")
+
+
+def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress, resume_from,
+         hparams: dict[str, Any], hparam_domain: dict[str, list] | None,
+         eval_splits: tuple[str, ...]) -> RunResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = LabModule(cfg, task, plan, eval_splits)
     if cfg.train.compile:
@@ -171,14 +193,14 @@ def train(
     data = TaskData(task, cfg, eval_splits)
     t = cfg.train
     throughput = Throughput(t.batch_size * task.seq_len, t.log_every)
-    cbs: list[Callback] = [throughput, *(callbacks or [])]
+    cbs: list[Callback] = [throughput, FigureLogger(), *(callbacks or [])]
     cbs.append(ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True, save_top_k=0,
         every_n_train_steps=t.ckpt_every or None, auto_insert_metric_name=False,
     ))
     show = t.progress if progress is None else progress
     if show:
-        cbs.append(RichProgressBar(refresh_rate=max(1, t.log_every // 5), leave=True))
+        cbs.append(StepProgressBar(refresh_rate=max(1, t.log_every // 5), leave=True))
     trainer = pl.Trainer(
         max_steps=t.steps,
         accelerator=t.accelerator,
@@ -226,28 +248,14 @@ def train(
             _log_extrapolation(logger, result.extrapolation)
             if plan.loop_mode == "serial" and cfg.eval.diagnostics:
                 result.adaptive = adaptive_curves(model, data, cfg)
-    _log_hparams(logger, cfg, result, hparams)
-    logger.finalize("success" if result.status == "ok" else "failed")
+    logger.log_results(hparams, final_metrics(result.metrics, result.costs, result.status != "ok"),
+                       step=trainer.global_step, domain=hparam_domain, status=result.status)
     (run_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
 
 
-def _log_extrapolation(logger: TensorBoardLogger, curves: dict[str, dict[int, float]]) -> None:
+def _log_extrapolation(logger: RunLogger, curves: dict[str, dict[int, float]]) -> None:
     # The step axis is the loop count, so TensorBoard draws the extrapolation curve.
     for split, curve in curves.items():
         for r, acc in curve.items():
             logger.experiment.add_scalar(f"extrapolate/{split}_acc_token", acc, global_step=r)
-
-
-def _log_hparams(logger, cfg: LabConfig, result: RunResult, extra: dict | None) -> None:
-    hp = {k: (v if isinstance(v, int | float | str | bool) else str(v))
-          for k, v in flatten(to_dict(cfg)).items()}
-    hp.update(extra or {})
-    metrics = {f"hp/{k.replace('/', '_')}": v for k, v in result.metrics.items()
-               if not k.startswith("diag/")}
-    for k in ("params", "effective_depth", "flops_per_token"):
-        if result.costs.get(k) is not None:
-            metrics[f"hp/{k}"] = float(result.costs[k])
-    metrics["hp/diverged"] = float(result.status != "ok")
-    with contextlib.suppress(Exception):
-        logger.log_hyperparams(hp, metrics)
