@@ -124,6 +124,13 @@ def cmd_sweep(args) -> int:
     rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
     if rc:
         return rc
+    abl = load_ablation(args.ablation, args.overrides)
+    if abl.config().eval.cost:
+        from lab.study import costpass
+        from lab.study.run import load_existing_study
+
+        console.print("timing every setting's decode latency in paired rounds ...")
+        costpass.ensure(abl, load_existing_study(abl))
     print_results(load_ablation(args.ablation, args.overrides))
     return write_report(args.ablation, args.overrides or [], quiet=False)
 

@@ -211,3 +211,27 @@ def test_report_sentences_match_the_table(tmp_path):
         assert sentence in report
     assert found >= 1
     assert math.isfinite(summary["settings"][0]["mean"])
+
+
+# --- paired latency -------------------------------------------------------------------------------
+
+
+def test_ratio_ci_of_paired_rounds():
+    from lab.stats import ratio_ci
+
+    # Per-round ratios 2, 2, 2: the geometric mean is 2 with a zero-width interval.
+    assert ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == pytest.approx((2.0, 2.0, 2.0))
+    # Ratios 1.1 and 1/1.1: geometric mean 1, and the interval straddles 1.
+    r, lo, hi = ratio_ci([1.1, 1.0], [1.0, 1.1])
+    assert r == pytest.approx(1.0) and lo < 1 < hi
+    assert ratio_ci([1.0], [1.0]) is None
+
+
+def test_paired_latency_pass_times_every_setting(tmp_path):
+    from lab.study import costpass
+
+    abl = load_ablation(write(tmp_path, TUNED.split("tune:")[0], "plain"))
+    result = costpass.measure(abl, rounds=2)
+    assert result["rounds"] == 2 and result["mode"] == "full-sequence pass"  # debug: dense task
+    assert sorted(result["seconds"]) == ["looped, loops=1", "looped, loops=2"]
+    assert all(len(v) == 2 and min(v) > 0 for v in result["seconds"].values())

@@ -141,7 +141,8 @@ def verdict_section(sa: StudyAnalysis, verdicts: list) -> list[str]:
         rows = [[r["setting"], r["other"], fmt_num(r["depth"]),
                  f"{fmt_num(r['params'])} vs {fmt_num(r['other_params'])}",
                  fmt_diff(r["diff"], r["low"], r["high"], sa.scale),
-                 "-" if r["latency_ratio"] is None else f"{r['latency_ratio']:.2f}x",
+                 "-" if r["latency_ratio"] is None else
+                 "{:.2f}x ({:.2f} to {:.2f})".format(*r["latency_ratio"]),
                  "-" if r["kv_ratio"] is None else f"{r['kv_ratio']:.2f}x"] for r in md]
         lines.append(md_table(["setting", "compared with", "eff. depth", "unique params",
                                f"difference ({int(sa.confidence * 100)}% CI)", "latency ratio",
@@ -192,6 +193,22 @@ def cost_section(sa: StudyAnalysis, figures: dict[str, Figure]) -> list[str]:
               "block keeps keys and values, so serial looping pays for every loop.")
         lines.append("")
     ss = [s for s in sa.stats if s.n]
+    if sa.paired_latency and ss:
+        ref = ss[0]
+        conf = int(sa.confidence * 100)
+        parts = []
+        for s in ss[1:]:
+            r = sa.latency_ratio(s.setting, ref.setting)
+            if r is None:
+                continue
+            word = "no measurable difference" if r[1] <= 1 <= r[2] else f"{r[0]:.2f}x"
+            parts.append(f"{setting_label(s)}: {word} ({r[0]:.2f}x, {conf}% CI {r[1]:.2f} to "
+                         f"{r[2]:.2f})")
+        if parts:
+            lines += [f"Decode latency against {setting_label(ref)}, timed after the sweep in "
+                      f"{sa.paired_latency.get('rounds')} interleaved rounds in one process (a "
+                      "ratio is named only when its interval excludes 1): " + "; ".join(parts)
+                      + ".", ""]
     rows = [[setting_label(s), fmt_num(s.costs.get("train_flops_per_token")),
              fmt_num(s.costs.get("train_tokens_per_s")),
              fmt_bytes(s.costs.get("train_step_peak_bytes")),

@@ -19,6 +19,7 @@ from lab.stats import (
     compare_verdict,
     curve_verdict,
     diff_ci,
+    ratio_ci,
     summarize,
 )
 from lab.study.attrs import (
@@ -32,6 +33,7 @@ from lab.study.attrs import (
     FAIL_ATTR,
     GIT_ATTR,
     GROUP_ATTR,
+    LATENCY_ATTR,
     METRICS_ATTR,
     SETTING_ATTR,
     SPURIOUS_ATTR,
@@ -138,6 +140,7 @@ class StudyAnalysis:
         self.bounds = (0.0, 1.0) if "acc" in self.objective else (
             (0.0, math.inf) if self.objective.endswith(("loss", "bpb")) else None)
         self.tuned = study.user_attrs.get(TUNED_ATTR) or {}
+        self.paired_latency = study.user_attrs.get(LATENCY_ATTR)
         self.records, self.notes = trial_records(study)
         self.stats = summarize(self.records, confidence=self.confidence, bounds=self.bounds)
         self.groups: dict[str, list[SettingStats]] = defaultdict(list)
@@ -206,9 +209,20 @@ class StudyAnalysis:
                              "depth": s.costs.get("effective_depth"), "diff": diff, "low": lo,
                              "high": hi, "params": s.costs.get("params"),
                              "other_params": o.costs.get("params"),
-                             "latency_ratio": _ratio(s.costs, o.costs, "latency_s_per_token"),
+                             "latency_ratio": self.latency_ratio(s.setting, o.setting),
                              "kv_ratio": _ratio(s.costs, o.costs, "kv_bytes_per_token")})
         return rows
+
+    def latency_ratio(self, a: str, b: str) -> tuple[float, float, float] | None:
+        """Setting a's decode latency over b's, from the paired rounds timed after the sweep
+        (lab.study.costpass); None when the study has none (single per-trial timings are too
+        noisy to compare on a shared machine)."""
+        if not self.paired_latency:
+            return None
+        secs = self.paired_latency.get("seconds", {})
+        if a not in secs or b not in secs:
+            return None
+        return ratio_ci(secs[a], secs[b], self.confidence)
 
     def arm_sentence(self) -> str | None:
         """One sentence comparing the primary arm with the other at equal effective depth."""
@@ -245,8 +259,13 @@ class StudyAnalysis:
             return None
         last = rows[-1]
         costs = []
-        if last["latency_ratio"] is not None:
-            costs.append(f"{last['latency_ratio']:.2f}x the latency per token")
+        lat = last["latency_ratio"]
+        if lat is not None:
+            r, lo, hi = lat
+            costs.append(f"{r:.2f}x the latency per token ({int(self.confidence * 100)}% CI "
+                         f"{lo:.2f} to {hi:.2f}, paired timing)" if lo > 1 or hi < 1 else
+                         "no measurable latency difference (paired timing: "
+                         f"{r:.2f}x, {int(self.confidence * 100)}% CI {lo:.2f} to {hi:.2f})")
         if last["kv_ratio"] is not None:
             costs.append(f"{last['kv_ratio']:.2f}x the KV bytes per token")
         if last["params"] and last["other_params"]:

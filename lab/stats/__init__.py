@@ -46,7 +46,7 @@ Method (quoted in reports):
 Student-t quantiles come from ``scipy.stats.t.ppf``.
 """
 
-from lab.stats.intervals import diff_ci, mean_ci, t_quantile, welch_df
+from lab.stats.intervals import diff_ci, mean_ci, ratio_ci, t_quantile, welch_df
 from lab.stats.summary import (
     COUNTED_STATES,
     SettingStats,
@@ -84,6 +84,7 @@ __all__ = [
     "improvement",
     "knee_point",
     "mean_ci",
+    "ratio_ci",
     "pareto_front",
     "summarize",
     "t_quantile",

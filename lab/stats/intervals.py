@@ -138,3 +138,14 @@ def seeds_to_decide(a: Values, b: Values, improvement: float, min_gain: float,
     while n < cap and t_quantile(q, 2 * n - 2) * s * math.sqrt(2 / n) >= target:
         n += 1
     return n
+
+
+def ratio_ci(a: Values, b: Values, confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """(ratio, low, high) of paired positive measurements a over b (e.g. latencies timed in
+    the same rounds): the geometric mean of the per-pair ratios with a t-interval on their
+    logarithms. None with fewer than 2 pairs."""
+    xa, xb = _array(a), _array(b)
+    if xa.size != xb.size or xa.size < 2 or np.any(xa <= 0) or np.any(xb <= 0):
+        return None
+    m, _, lo, hi = mean_ci(np.log(xa / xb), confidence)
+    return math.exp(m), math.exp(lo), math.exp(hi)

@@ -47,6 +47,7 @@ TASK_ATTR = "lab.task"
 PROVENANCE_ATTR = "lab.provenance"
 CREATED_ATTR = "lab.created"
 TUNED_ATTR = "lab.tuned"  # {setting: {params, value, points, trials, pruned, steps, ...}}
+LATENCY_ATTR = "lab.latency"  # paired latency rounds: {"rounds", "seconds": {setting: [...]}}
 TUNE_OF_ATTR = "lab.tune_of"  # on a tuning study: the main study it tunes for
 
 INTERRUPTED = "interrupted"  # the fail reason of a trial until it ends otherwise
