@@ -106,7 +106,8 @@ def expand(space: tuple, prefix: dict | None = None) -> Iterator[tuple[dict, str
         sub = head.arms.get(v, ()) if isinstance(head, Choice) and head.arms else ()
         for assign, group in expand(sub + rest, here):
             arm = str(v) if isinstance(head, Choice) and head.arms else ""
-            yield assign, group or arm
+            # Nested arms are named by their path: "looped/add".
+            yield assign, f"{arm}/{group}" if arm and group else group or arm
 
 
 def short_key(key: str) -> str:
