@@ -44,6 +44,10 @@ TASK_ATTR = "lab.task"
 PROVENANCE_ATTR = "lab.provenance"
 CREATED_ATTR = "lab.created"
 
+# Seeds are suggested as an integer over this range (grid studies), so that asking for more
+# seeds later keeps the distribution compatible; studies made before stored a categorical.
+SEED_LOW, SEED_HIGH = 0, 2**31 - 1
+
 INTERRUPTED = "interrupted"  # the fail reason of a trial until it ends otherwise
 FINAL_FAILURES = ("diverged",)  # fail reasons that are results: never retried
 
@@ -87,6 +91,20 @@ def is_done(trial) -> bool:
         return True
     reason = trial.user_attrs.get(FAIL_ATTR) or ""
     return trial.state == TrialState.FAIL and reason.startswith(FINAL_FAILURES)
+
+
+def stored_seed_choices(trials) -> list | None:
+    """The seed choices of a study that stored `seed` as a categorical (older studies), else None.
+
+    Optuna checks a new trial's distribution against the first one stored for the name.
+    """
+    from optuna.distributions import CategoricalDistribution
+
+    for t in sorted(trials, key=lambda t: t.number):
+        dist = t.distributions.get("seed")
+        if dist is not None:
+            return list(dist.choices) if isinstance(dist, CategoricalDistribution) else None
+    return None
 
 
 def trial_seed(trial) -> int | None:

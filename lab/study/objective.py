@@ -15,6 +15,8 @@ from lab.study.attrs import (
     GROUP_ATTR,
     INTERRUPTED,
     QUEUED_ATTR,
+    SEED_HIGH,
+    SEED_LOW,
     SETTING_ATTR,
     SPURIOUS_ATTR,
     THREADS_ATTR,
@@ -31,7 +33,11 @@ from lab.train import train
 class TrialFailed(Exception):
     """A trial that ran but failed (diverged, or an error inside training)."""
 
-def suggest(trial, space: tuple, seeds: list[int]) -> dict[str, Any]:
+def suggest(trial, space: tuple, seeds: list[int], seed_choices: list | None = None,
+            sampled: bool = False) -> dict[str, Any]:
+    """The trial's parameters. The seed is an integer over a fixed wide range (grid studies:
+    the queue fixes its value, and more seeds later stay compatible), the stored choices of a
+    study that recorded it as a categorical, or a choice among `seeds` (sampled studies)."""
     params: dict[str, Any] = {}
 
     def walk(entries):
@@ -48,7 +54,12 @@ def suggest(trial, space: tuple, seeds: list[int]) -> dict[str, Any]:
                 params[e.key] = trial.suggest_float(e.key, e.low, e.high, step=e.step, log=e.log)
 
     walk(space)
-    params["seed"] = trial.suggest_categorical("seed", seeds)
+    if seed_choices is not None:
+        params["seed"] = trial.suggest_categorical("seed", seed_choices)
+    elif sampled:
+        params["seed"] = trial.suggest_categorical("seed", seeds)
+    else:
+        params["seed"] = trial.suggest_int("seed", SEED_LOW, SEED_HIGH)
     return params
 
 def setting_label(abl: Ablation, params: dict[str, Any]) -> tuple[str, str, float | None]:
@@ -85,9 +96,9 @@ def pruning_callback(trial, monitor: str):
 
     return StepPruning(trial, monitor=monitor)
 
-def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
+def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
+                   seed_choices: list | None = None):
     import optuna
-
 
     def objective(trial: optuna.trial.Trial) -> float:
         # Until the trial ends otherwise, its reason is "interrupted": wherever an interrupt
@@ -112,7 +123,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None):
             trial.set_user_attr(SPURIOUS_ATTR, True)
             raise optuna.TrialPruned("no queued work left")
         trial.set_user_attr(WORKER_ATTR, worker_identity())
-        params = suggest(trial, abl.space, abl.seeds)
+        params = suggest(trial, abl.space, abl.seeds, seed_choices, sampled=abl.sampler != "grid")
         seed = params.pop("seed")
         label, group, axis = setting_label(abl, params)
         trial.set_user_attr(SETTING_ATTR, label)

@@ -29,6 +29,7 @@ from lab.study.attrs import (
     SETTING_ATTR,
     SPURIOUS_ATTR,
     TASK_ATTR,
+    stored_seed_choices,
 )
 from lab.study.queue import (
     count_done,
@@ -80,12 +81,28 @@ def create_or_load_study(abl: Ablation, storage=None):
             f"(rm {abl.storage[len('sqlite:///'):]} for the default SQLite storage)."
         )
     else:
+        check_seeds(study, abl)
         # Seeds may grow between runs; keep the latest list for the report.
         meta = dict(study.user_attrs.get(ABLATION_ATTR, {}))
         if meta.get("seeds") != abl.seeds:
             meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(abl.seeds))
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
+
+def check_seeds(study, abl: Ablation) -> None:
+    """A study that stored its seed as a fixed categorical (made before seeds were integers)
+    can run only the seeds it was made with."""
+    choices = stored_seed_choices(study.get_trials(deepcopy=False))
+    if choices is None:
+        return
+    extra = sorted(set(abl.seeds) - set(choices))
+    if extra or (abl.sampler != "grid" and set(abl.seeds) != set(choices)):
+        raise LabError(
+            f"study '{abl.study}' was made by an older version of the lab, which fixed its seeds "
+            f"to {choices}; it cannot run seeds={abl.seeds}"
+            + (f" (new: {extra})" if extra else "") + ". Run the new seeds in a new study "
+            f"(study={abl.study}-v2 seeds={abl.seeds}), or keep seeds within {choices}."
+        )
 
 def first_difference(a: dict, b: dict) -> str:
     fa, fb = flatten(a), flatten(b)

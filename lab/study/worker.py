@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED
+from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED, stored_seed_choices
 from lab.study.objective import TrialFailed, make_objective
 from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
 from lab.study.spec import load_ablation
@@ -73,7 +73,8 @@ def worker_main(argv: list[str]) -> int:
             lock.release()
             held["n"] -= 1
 
-    objective = make_objective(abl, args.threads, args.runs, release=release)
+    objective = make_objective(abl, args.threads, args.runs, release=release,
+                               seed_choices=stored_seed_choices(study.get_trials(deepcopy=False)))
     if abl.sampler == "tpe":
         from optuna.study import MaxTrialsCallback
 
