@@ -109,3 +109,84 @@ def test_study_with_categorical_seed_keeps_working_and_refuses_growth(tmp_path, 
     study = load("old")
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert len(completed(study)) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# 2. The study's identity holds every key that can change a result
+
+
+def config_keys(cls, prefix="") -> list[str]:
+    import dataclasses
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        default = (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                   else f.default)
+        if dataclasses.is_dataclass(default):
+            keys += config_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def test_every_config_key_is_in_the_identity_or_excluded_with_a_reason(tmp_path):
+    from lab.config import LabConfig
+    from lab.study.spec import NON_IDENTITY_KEYS, load_ablation
+
+    abl = load_ablation(ablation(tmp_path, "ident", "space: {model.n_layers: [1, 2]}\n"))
+    _, ident = abl.fingerprint()
+    keys = config_keys(LabConfig)
+    assert "train.precision" in keys and "model.loops" in keys
+    for key in keys:
+        in_identity = key in ident["base"] or any(k.startswith(key + ".") for k in ident["base"])
+        assert in_identity != (key in NON_IDENTITY_KEYS), key
+    for key, reason in NON_IDENTITY_KEYS.items():
+        assert key in keys and len(reason) > 10, key
+    for key in ("train.precision", "train.accelerator", "train.devices", "train.strategy"):
+        assert key in ident["base"]
+
+
+def test_changed_precision_is_refused(tmp_path, capsys):
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
+
+    path = ablation(tmp_path, "prec", "space: {model.n_layers: [1, 2]}\n")
+    create_or_load_study(load_ablation(path))
+    path.write_text(path.read_text().replace("{eval.cost: false}",
+                                             "{eval.cost: false, train.precision: 64-true}"))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.precision" in err and "different config" in err
+
+
+def test_study_made_with_the_older_identity_is_migrated(tmp_path):
+    from lab.study.attrs import BASE_CONFIG_ATTR, FINGERPRINT_ATTR, IDENTITY_ATTR
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import ADDED_IDENTITY_KEYS, identity_hash, load_ablation
+
+    abl = load_ablation(ablation(tmp_path, "mig", "space: {model.n_layers: [1, 2]}\n"))
+    fp, ident = abl.fingerprint()
+
+    def make_old(precision="auto"):
+        study = create_or_load_study(abl)
+        old = {**ident, "base": {k: v for k, v in ident["base"].items()
+                                 if k not in ADDED_IDENTITY_KEYS}}
+        study.set_user_attr(IDENTITY_ATTR, old)
+        study.set_user_attr(FINGERPRINT_ATTR, identity_hash(old))
+        base = dict(study.user_attrs[BASE_CONFIG_ATTR])
+        base["train"] = {**base["train"], "precision": precision}
+        study.set_user_attr(BASE_CONFIG_ATTR, base)
+        return study
+
+    make_old()
+    study = create_or_load_study(abl)  # migrated, not refused
+    assert study.user_attrs[FINGERPRINT_ATTR] == fp
+    assert study.user_attrs[IDENTITY_ATTR]["base"]["train.precision"] == "auto"
+    assert create_or_load_study(abl).user_attrs[FINGERPRINT_ATTR] == fp
+
+    # A study whose stored config ran another precision is not silently adopted.
+    optuna.delete_study(study_name="mig", storage="sqlite:///studies/mig.db")
+    make_old("64-true")
+    from lab.errors import LabError
+    with pytest.raises(LabError, match="train.precision"):
+        create_or_load_study(abl)

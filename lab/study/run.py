@@ -7,6 +7,7 @@ on the report: data flows from the study to the report, never back.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -38,7 +39,7 @@ from lab.study.queue import (
     reclaim_and_requeue,
     reclaim_dead_local_trials,
 )
-from lab.study.spec import Ablation, load_ablation
+from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
 from lab.study.storage import file_lock, lock_path_for, open_storage, redact_url
 from lab.tasks import describe
 
@@ -72,8 +73,13 @@ def create_or_load_study(abl: Ablation, storage=None):
                                          "causal": bool(task.causal)})
         study.set_user_attr(PROVENANCE_ATTR, provenance())
         study.set_user_attr(CREATED_ATTR, time.time())
+    elif old != fp and canonical(stored_identity(study)) == canonical(ident):
+        # Made when fewer keys were in the identity, with the values it has now: migrate.
+        study.set_user_attr(FINGERPRINT_ATTR, fp)
+        study.set_user_attr(IDENTITY_ATTR, ident)
+        check_seeds(study, abl)
     elif old != fp:
-        prev = study.user_attrs.get(IDENTITY_ATTR, {})
+        prev = stored_identity(study)
         raise LabError(
             f"study '{abl.study}' in {redact_url(abl.storage)} was created with a different "
             f"{first_difference(prev, ident)}. Resuming would mix incomparable trials. Start a new "
@@ -88,6 +94,21 @@ def create_or_load_study(abl: Ablation, storage=None):
             meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(abl.seeds))
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
+
+def stored_identity(study) -> dict:
+    """The study's stored identity; for a study made when fewer keys were in the identity,
+    with those keys added at the values it ran with (its stored base config, else the
+    defaults of that time)."""
+    prev = study.user_attrs.get(IDENTITY_ATTR)
+    if not isinstance(prev, dict) or not isinstance(prev.get("base"), dict):
+        return prev if isinstance(prev, dict) else {}
+    ran_with = flatten(study.user_attrs.get(BASE_CONFIG_ATTR) or {})
+    added = {k: ran_with.get(k, default) for k, default in ADDED_IDENTITY_KEYS.items()
+             if k not in prev["base"]}
+    return {**prev, "base": {**prev["base"], **added}}
+
+def canonical(x) -> str:
+    return json.dumps(json.loads(json.dumps(x, default=str)), sort_keys=True)
 
 def check_seeds(study, abl: Ablation) -> None:
     """A study that stored its seed as a fixed categorical (made before seeds were integers)

@@ -56,9 +56,24 @@ OBJECTIVES = {
     "val/acc_token", "val/acc_seq", "val/loss", "ood/acc_token", "ood/acc_seq", "ood/loss",
 }
 
-# Keys that cannot change a trial's result: left out of the study's identity.
-NON_IDENTITY_KEYS = ("seed", "name", "resume", "out_dir", "train.threads", "train.progress",
-                     "train.accelerator", "train.devices", "train.strategy", "train.precision")
+# Config keys left out of the study's identity, each with the reason it cannot change a
+# trial's result. Every other config key is part of the identity (tests/test_robust.py walks
+# the config dataclasses to keep it so): a study never mixes trials run differently.
+NON_IDENTITY_KEYS = {
+    "seed": "the sweep sets it per trial (and records it as a parameter)",
+    "name": "the sweep names each run after its study and trial",
+    "resume": "the sweep sets it on retries, which resume from their checkpoint",
+    "out_dir": "where runs are written (the sweep passes its runs directory)",
+    "train.threads": "the sweep sets it per worker and records it on each trial (lab.threads)",
+    "train.progress": "display only; the sweep turns it off",
+}
+# Keys added to the identity after studies were made: the value each had then (the stored
+# fingerprint of an older study is migrated when these hold these values, see
+# lab.study.run.migrate_identity).
+ADDED_IDENTITY_KEYS = {
+    "train.accelerator": "auto", "train.devices": 1, "train.strategy": "auto",
+    "train.precision": "auto",
+}
 
 
 @dataclass
@@ -283,8 +298,11 @@ class Ablation:
             base.pop(k, None)
         ident = {"base": base, "space": self.space_spec, "objective": self.objective,
                  "direction": self.direction, "sampler": self.sampler}
-        blob = json.dumps(ident, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16], ident
+        return identity_hash(ident), ident
+
+def identity_hash(ident: dict) -> str:
+    blob = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 def _resolve_path(p: str, rel_to: Path) -> Path:
     path = Path(p)
