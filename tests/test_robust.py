@@ -20,10 +20,13 @@ from lab.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "data" / "tiny.yaml"
 PG_URL = os.environ.get("LAB_TEST_POSTGRES_URL")
-needs_postgres = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server: set LAB_TEST_POSTGRES_URL"),
-]
+
+
+def needs_postgres(f):
+    skip = pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server: set LAB_TEST_POSTGRES_URL")
+    return pytest.mark.postgres(skip(f))
+
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -190,3 +193,78 @@ def test_study_made_with_the_older_identity_is_migrated(tmp_path):
     from lab.errors import LabError
     with pytest.raises(LabError, match="train.precision"):
         create_or_load_study(abl)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. The storage password never reaches disk, study attributes, process lists or messages
+
+
+def test_provenance_argv_has_no_password(monkeypatch):
+    from lab.provenance import provenance
+
+    monkeypatch.setattr(sys, "argv", [
+        "lab", "sweep", "loops", "storage=postgresql://lab:hunter2@db:5432/lab",
+        "storage=postgresql://lab@db/lab?password=hunter2&sslmode=require",
+        "postgresql://u:hunter2@h/db"])
+    argv = provenance()["argv"]
+    assert "hunter2" not in str(argv)
+    assert argv[3].startswith("storage=postgresql://lab:")
+    assert "sslmode=require" in argv[4]
+
+
+def test_password_in_query_is_not_in_error_messages(capsys):
+    url = "postgresql://lab@127.0.0.1:1/nope?password=hunter2"
+    assert main(["sweep", str(TINY), f"storage={url}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open storage" in err and "hunter2" not in err
+
+
+@needs_postgres
+def test_storage_password_stays_out_of_workers_argv_runs_and_attrs(tmp_path):
+    import uuid
+
+    import psutil
+
+    secret = PG_URL.split("//", 1)[1].split("@", 1)[0]  # user:password
+    assert ":" in secret
+    name = f"pw-{uuid.uuid4().hex[:8]}"
+    abl = ablation(tmp_path, "pw", "space: {model.n_layers: [1]}\nseeds: [0, 1]\n")
+    proc = start_sweep(abl, f"storage={PG_URL}", f"study={name}", "--workers", "1",
+                       "train.steps=60")
+    cmdlines = []
+
+    def worker_seen():
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        cmdlines.extend(" ".join(k.cmdline()) for k in kids)
+        return any("lab.study.worker" in c for c in cmdlines)
+
+    wait_for(worker_seen, every=0.1)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    workers = [c for c in cmdlines if "lab.study.worker" in c]  # (a fork shows its parent's)
+    assert workers and not [c for c in workers if secret in c]
+    assert secret not in err
+    study = load(name, PG_URL)
+    assert secret not in str(study.user_attrs) and secret not in str(
+        [t.user_attrs for t in study.trials])
+    files = list(Path("runs").rglob("provenance.json"))
+    assert files and not [f for f in files if secret in f.read_text()]
+
+
+@needs_postgres
+def test_pgpassword_lets_the_url_go_without_password(monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    from lab.errors import LabError
+    from lab.study.storage import open_storage
+
+    u = make_url(PG_URL)
+    bare = f"postgresql://{u.username}@{u.host}:{u.port}/{u.database}"
+    assert u.password
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent")
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    with pytest.raises(LabError, match="cannot open storage"):
+        open_storage(bare, heartbeat=False)
+    monkeypatch.setenv("PGPASSWORD", u.password)
+    storage = open_storage(bare, heartbeat=False)
+    assert storage.get_all_studies() is not None

@@ -40,7 +40,7 @@ from lab.study.queue import (
     reclaim_dead_local_trials,
 )
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
-from lab.study.storage import file_lock, lock_path_for, open_storage, redact_url
+from lab.study.storage import STORAGE_ENV, file_lock, lock_path_for, open_storage, redact_url
 from lab.tasks import describe
 
 
@@ -192,7 +192,9 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
     )
     remaining = total - done
     if remaining > 0:
-        argv = [str(abl.path), "--threads", str(threads), *(overrides or [])]
+        # The storage URL (it may hold a password) reaches workers by environment, never argv.
+        argv = [str(abl.path), "--threads", str(threads),
+                *(o for o in overrides or [] if not o.startswith("storage="))]
         t0 = time.time()
         seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         procs: list[subprocess.Popen] = []
@@ -201,7 +203,7 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
                           MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                           TimeRemainingColumn(), console=console, transient=False) as progress:
                 bar = progress.add_task(abl.study, total=total, completed=done)
-                procs = [spawn_worker(argv) for _ in range(n_workers)]
+                procs = [spawn_worker(argv, abl.storage) for _ in range(n_workers)]
                 respawns = 0
                 while True:
                     time.sleep(1.0)
@@ -219,7 +221,7 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
                             reclaim_and_requeue(study, storage, abl)
                         if has_work(study) and respawns < 3 * n_workers:
                             need = n_workers - len(alive)
-                            alive += [spawn_worker(argv) for _ in range(need)]
+                            alive += [spawn_worker(argv, abl.storage) for _ in range(need)]
                             respawns += need
                         procs = alive
                     if not procs:
@@ -243,8 +245,8 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
                 return 1
     return 0
 
-def spawn_worker(argv: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage})
     return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
 
 def stop_workers(procs: list[subprocess.Popen]) -> None:

@@ -17,8 +17,12 @@ from typing import Any
 import filelock
 
 from lab.errors import LabError
+from lab.provenance import redact_url as redact_url  # re-exported: the storage API
 
 HEARTBEAT_S, GRACE_S = 10, 60
+# How `lab sweep` hands its storage URL to its workers: by environment, so that a password in
+# it never shows in a process list.
+STORAGE_ENV = "LAB_STORAGE_URL"
 
 
 def file_lock(path: str) -> filelock.FileLock:
@@ -126,21 +130,6 @@ def create_storage(cls, url: str, engine_kwargs: dict, kwargs: dict, attempts: i
                 raise
             time.sleep(0.5 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def redact_url(url: str) -> str:
-    """The storage URL without its password (also as a ?password= query parameter)."""
-    if "://" not in url or url.startswith(("sqlite:", "journal:")):
-        return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except (ArgumentError, ValueError):
-        return url.split("://", 1)[0] + "://***"
-    u = u.set(query={k: v for k, v in u.query.items() if "password" not in k.lower()})
-    return u.render_as_string(hide_password=True)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -14,7 +15,7 @@ from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED, stored_seed_choi
 from lab.study.objective import TrialFailed, make_objective
 from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
 from lab.study.spec import load_ablation
-from lab.study.storage import file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
+from lab.study.storage import STORAGE_ENV, file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
 from lab.train import quiet_lightning
 
 
@@ -54,6 +55,9 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
+    storage_url = os.environ.pop(STORAGE_ENV, None)
+    if storage_url:
+        args.overrides.append(f"storage={storage_url}")
     interrupt_once()
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
