@@ -268,3 +268,56 @@ def test_pgpassword_lets_the_url_go_without_password(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", u.password)
     storage = open_storage(bare, heartbeat=False)
     assert storage.get_all_studies() is not None
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Signals: Ctrl-C (twice), SIGTERM and SIGKILL to the parent stop the workers too
+
+
+def running_with_workers(proc):
+    """Wait until a trial runs; the pids of the sweep's workers."""
+    import psutil
+
+    wait_for(lambda: any(t.state == TrialState.RUNNING and "lab.worker" in t.user_attrs
+                         for t in load("tiny").trials), every=0.1)
+    return [p for p in psutil.Process(proc.pid).children()
+            if "lab.study.worker" in " ".join(p.cmdline())]
+
+
+def assert_stopped_cleanly(workers, timeout=45.0):
+    import psutil
+
+    gone, alive = psutil.wait_procs(workers, timeout=timeout)
+    assert not alive, [p.pid for p in alive]
+    trials = load("tiny").trials
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(t.user_attrs["lab.fail_reason"].startswith("interrupted") for t in failed)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_parent_killed_stops_its_workers(how):
+    proc = start_sweep(TINY, "--workers", "2", "train.steps=400", "study=tiny")
+    workers = running_with_workers(proc)
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    if how == "sigterm":
+        assert "run the same command again to resume" in err and "Traceback" not in err
+    assert_stopped_cleanly(workers)
+
+
+@pytest.mark.parametrize("gap", [0.2, 1.5])
+def test_ctrl_c_twice_leaves_no_running_trial_and_no_traceback(gap):
+    proc = start_sweep(TINY, "--workers", "2", "train.steps=400", "study=tiny")
+    workers = running_with_workers(proc)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(gap)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "UnboundLocalError" not in err, err
+    assert "run the same command again to resume" in err
+    assert_stopped_cleanly(workers)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 from typing import Any
 
 from lab.errors import LabError
@@ -32,6 +34,20 @@ from lab.train import train
 
 class TrialFailed(Exception):
     """A trial that ran but failed (diverged, or an error inside training)."""
+
+def ignored(signum, frame) -> None:
+    """A handler that does nothing. Unlike SIG_IGN it cannot race with a signal that arrived
+    just before it was installed (Python raises OSError "ignored due to race condition")."""
+
+
+def ignore_stop_signals() -> None:
+    """From the first interrupt on, ignore further ones (SIGINT, SIGTERM): they must not cut
+    short its bookkeeping (failing the trial with its reason, stopping the workers)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                signal.signal(s, ignored)
+
 
 def suggest(trial, space: tuple, seeds: list[int], seed_choices: list | None = None,
             sampled: bool = False) -> dict[str, Any]:
@@ -110,7 +126,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         except optuna.TrialPruned:
             trial.set_user_attr(FAIL_ATTR, None)
             raise
-        except SystemExit:  # Lightning exits on Ctrl-C; to Optuna this is an interrupt
+        except (SystemExit, KeyboardInterrupt):
+            # Lightning exits on Ctrl-C; to Optuna this is an interrupt. From here on, further
+            # interrupts are ignored, so that Optuna can record the trial as failed.
+            ignore_stop_signals()
             raise KeyboardInterrupt from None
         trial.set_user_attr(FAIL_ATTR, None)
         return value

@@ -32,6 +32,7 @@ from lab.study.attrs import (
     TASK_ATTR,
     stored_seed_choices,
 )
+from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
     has_work,
@@ -40,7 +41,7 @@ from lab.study.queue import (
     reclaim_dead_local_trials,
 )
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
-from lab.study.storage import STORAGE_ENV, file_lock, lock_path_for, open_storage, redact_url
+from lab.study.storage import PARENT_ENV, STORAGE_ENV, file_lock, lock_path_for, open_storage, redact_url
 from lab.tasks import describe
 
 
@@ -159,6 +160,25 @@ def default_workers(abl: Ablation, requested: int | None) -> int:
     return max(1, int(n))
 
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
+    """Run (or resume) a sweep; SIGTERM stops it like Ctrl-C, workers included."""
+
+    received: list[int] = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM stays as it is
+        return sweep(path, overrides, workers, received)
+    try:
+        return sweep(path, overrides, workers, received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+def sweep(path: str, overrides: list[str] | None, workers: int | None,
+          received: list[int]) -> int:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -228,12 +248,18 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
                         break
                 progress.update(bar, completed=count_done(study.get_trials(deepcopy=False), abl))
         except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (`kill`, `timeout`): stop the workers, whose trials fail as
+            # interrupted; a worker that could not say so is failed here. A second signal
+            # must not cut this short (the workers would be orphaned).
+            ignore_stop_signals()
             stop_workers(procs)
+            with contextlib.suppress(Exception):
+                reclaim_dead_local_trials(study, storage)
             console.print(
                 f"[yellow]interrupted[/yellow]: {count_done(study.get_trials(deepcopy=False), abl)}"
                 f"/{total} trials done; run the same command again to resume."
             )
-            return 130
+            return 128 + (received[0] if received else signal.SIGINT)
         console.print(f"sweep finished in {time.time() - t0:.0f}s")
         missing = total - count_done(study.get_trials(deepcopy=False), abl)
         if missing > 0:
@@ -246,14 +272,15 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
     return 0
 
 def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage})
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage,
+                                                     PARENT_ENV: str(os.getpid())})
     return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
 
 def stop_workers(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)  # workers stop on it as on Ctrl-C
     deadline = time.time() + 30
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):

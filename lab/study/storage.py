@@ -23,6 +23,7 @@ HEARTBEAT_S, GRACE_S = 10, 60
 # How `lab sweep` hands its storage URL to its workers: by environment, so that a password in
 # it never shows in a process list.
 STORAGE_ENV = "LAB_STORAGE_URL"
+PARENT_ENV = "LAB_SWEEP_PID"  # the `lab sweep` process a worker must not outlive
 
 
 def file_lock(path: str) -> filelock.FileLock:
