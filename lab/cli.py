@@ -109,10 +109,16 @@ def cmd_sweep(args) -> int:
     from lab.study.spec import load_ablation
 
     rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
-    if rc:
+    if rc not in (0, 1):
         return rc
-    print_results(load_ablation(args.ablation, args.overrides))
-    return write_report(args.ablation, args.overrides or [], quiet=False)
+    try:
+        print_results(load_ablation(args.ablation, args.overrides))
+        report_rc = write_report(args.ablation, args.overrides or [], quiet=False)
+    except LabError:
+        if not rc:  # with failures (rc 1) there may be nothing to report: keep rc
+            raise
+        report_rc = 1
+    return rc or report_rc
 
 
 def cmd_report(args) -> int:

@@ -321,3 +321,90 @@ def test_ctrl_c_twice_leaves_no_running_trial_and_no_traceback(gap):
     assert "Traceback" not in err and "UnboundLocalError" not in err, err
     assert "run the same command again to resume" in err
     assert_stopped_cleanly(workers)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Deterministic failures: retried once, then final; the sweep exits non-zero
+
+OOM_TASK = '''
+from lab.tasks.pointer import PointerTask
+
+
+class OomTask(PointerTask):
+    """Fails as the CPU allocator does when memory runs out, on every training batch."""
+
+    def sample(self, n, generator, split="train"):
+        if split == "train":
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: "
+                               "can't allocate memory: you tried to allocate 1099511627776 bytes.")
+        return super().sample(n, generator, split)
+'''
+
+
+@pytest.fixture
+def oom_task(tmp_path, monkeypatch):
+    (tmp_path / "oomtask.py").write_text(OOM_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{ROOT}")
+    return "oomtask:OomTask"
+
+
+def test_deterministic_failure_is_retried_once_then_final(tmp_path, oom_task, capfd):
+    abl = ablation(tmp_path, "oom", f"space: {{task.name: ['{oom_task}'], model.n_layers: [1, 2]}}\n"
+                   "seeds: [0]\n")
+    assert main(["sweep", str(abl), "--workers", "1"]) == 1
+    err = capfd.readouterr().err
+    assert "failed for good" in err and "[enforce fail at alloc_cpu.cpp:127]" in err
+    assert "Run the same command again" not in err
+    trials = load("oom").trials
+    assert len(trials) == 4 and all(t.state == TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["lab.fail_reason"].startswith("out of memory") for t in trials)
+    # Running again neither retries nor pretends success.
+    assert main(["sweep", str(abl), "--workers", "1"]) == 1
+    assert len(load("oom").trials) == 4
+
+
+def test_failure_reasons_are_classified():
+    import torch
+
+    from lab.errors import LabError
+    from lab.study.objective import TrialTimeout, failure_reason
+    from lab.train import CheckpointError
+
+    assert failure_reason(torch.OutOfMemoryError("CUDA out of memory")).startswith("out of memory")
+    assert failure_reason(CheckpointError("bad")).startswith("corrupt checkpoint")
+    assert failure_reason(LabError("cannot resume x")).startswith("config error")
+    assert failure_reason(TrialTimeout("60 s")).startswith("timeout")
+    assert failure_reason(ValueError("x")) == "error: ValueError: x"
+
+
+# --------------------------------------------------------------------------------------------
+# 11. Resuming loads the checkpoint as weights only
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_tampered_checkpoint_runs_no_code_on_resume(debug_cfg, tmp_path, monkeypatch):
+    import torch
+
+    from lab.train import CheckpointError, train
+
+    ov = ["eval.cost=false", "name=r", "train.steps=20"]
+    res = train(debug_cfg(*ov))
+    ckpt = Path(res.run_dir) / "checkpoints" / "last.ckpt"
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "x": Evil(str(marker))}, ckpt)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError, match="cannot be read as weights"):
+        train(debug_cfg(*ov, "resume=true"))
+    assert not marker.exists()
+    # A genuine checkpoint still resumes.
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    res = train(debug_cfg("eval.cost=false", "name=s", "train.steps=20"))
+    assert train(debug_cfg("eval.cost=false", "name=s", "train.steps=20", "resume=true")).status == "ok"

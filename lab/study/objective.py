@@ -11,17 +11,22 @@ from lab.errors import LabError
 from lab.provenance import git_info
 from lab.study.attrs import (
     AXIS_ATTR,
+    CONFIG_ERROR,
+    CORRUPT_CHECKPOINT,
+    ERROR,
     FAIL_ATTR,
     FIRST_TRIAL_ATTR,
     GIT_ATTR,
     GROUP_ATTR,
     INTERRUPTED,
+    OOM,
     QUEUED_ATTR,
     SEED_HIGH,
     SEED_LOW,
     SETTING_ATTR,
     SPURIOUS_ATTR,
     THREADS_ATTR,
+    TIMEOUT,
     WORKER_ATTR,
     decode,
     encode,
@@ -29,11 +34,35 @@ from lab.study.attrs import (
 )
 from lab.study.queue import worker_identity
 from lab.study.spec import Ablation, Choice, fmt_value, short_key
-from lab.train import train
+from lab.train import CheckpointError, train
 
 
 class TrialFailed(Exception):
     """A trial that ran but failed (diverged, or an error inside training)."""
+
+def failure_reason(e: BaseException) -> str:
+    """`<kind>: <detail>` for an exception out of training; the kind says whether a retry can
+    help (lab.study.attrs: interrupted is retried, the kinds here fail the same way again)."""
+    import torch
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, CheckpointError):
+        kind = CORRUPT_CHECKPOINT
+    elif isinstance(e, TrialTimeout):
+        kind = TIMEOUT
+    elif isinstance(e, torch.OutOfMemoryError | MemoryError) or any(
+            m in str(e) for m in ("out of memory", "can't allocate memory", "alloc_cpu")):
+        kind = OOM
+    elif isinstance(e, LabError):
+        kind = CONFIG_ERROR
+    else:
+        kind, text = ERROR, f"{type(e).__name__}: {text}"
+    return f"{kind}: {text or type(e).__name__}"
+
+
+class TrialTimeout(Exception):
+    """The trial ran longer than the ablation's trial_timeout."""
+
 
 def ignored(signum, frame) -> None:
     """A handler that does nothing. Unlike SIG_IGN it cannot race with a signal that arrived
@@ -167,12 +196,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                         hparams={"trial": trial.number, "setting": label})
         except optuna.TrialPruned:
             raise
-        except LabError as e:
-            trial.set_user_attr(FAIL_ATTR, f"error: {e}")
-            raise TrialFailed(str(e)) from None
-        except Exception as e:
-            trial.set_user_attr(FAIL_ATTR, f"error: {type(e).__name__}: {e}")
-            raise TrialFailed(str(e)) from e
+        except (LabError, Exception) as e:
+            reason = failure_reason(e)
+            trial.set_user_attr(FAIL_ATTR, reason)
+            raise TrialFailed(reason) from None
         for k, v in record(res).items():
             trial.set_user_attr(k, v)
         if res.status != "ok":

@@ -28,7 +28,7 @@ from lab.study.attrs import (
     QUEUED_ATTR,
     SETTING_ATTR,
     WORKER_ATTR,
-    is_done,
+    final_pairs,
     pair_key,
     pair_params,
     trial_pair,
@@ -87,7 +87,7 @@ def queue_missing(study, abl: Ablation) -> tuple[int, int]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    done = {trial_pair(t) for t in trials if is_done(t)}
+    done = set(final_pairs(trials))
     pending = {trial_pair(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     first_attempt = first_attempts(trials)
     n_new = 0
@@ -129,4 +129,4 @@ def count_done(trials, abl: Ablation) -> int:
     if abl.sampler != "grid":
         return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
     wanted = {pair_key(pair_params(s.params, seed)) for s, seed in abl.pairs()}
-    return len({trial_pair(t) for t in trials if is_done(t)} & wanted)
+    return len(set(final_pairs(trials)) & wanted)

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
+
 from lab.config import flatten, to_dict
 from lab.errors import LabError
 from lab.model import resolve
@@ -24,12 +26,16 @@ from lab.study.attrs import (
     BASE_CONFIG_ATTR,
     CREATED_ATTR,
     FAIL_ATTR,
+    FINAL_FAILURES,
     FINGERPRINT_ATTR,
     IDENTITY_ATTR,
     PROVENANCE_ATTR,
     SETTING_ATTR,
     SPURIOUS_ATTR,
     TASK_ATTR,
+    final_pairs,
+    pair_key,
+    pair_params,
     stored_seed_choices,
 )
 from lab.study.objective import ignore_stop_signals
@@ -267,9 +273,29 @@ def sweep(path: str, overrides: list[str] | None, workers: int | None,
                 f"[red]{missing} of {total} trials did not complete: the workers stopped "
                 f"(see the messages above). Run the same command again to resume.[/red]"
             )
-            if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
-                return 1
+            return 1
+    failed = failed_for_good(study, abl)
+    if failed:
+        console.print(f"[red]{len(failed)} of {total} trials failed for good[/red] (each failed "
+                      "the same way when retried; running again will not help):")
+        for label, seed, reason in failed:
+            console.print(f"  {escape(label)}, seed {seed}: {escape(reason)}", highlight=False)
+        console.print("Fix the cause, then run those pairs in a new study (study=<new-name>).")
+        return 1
     return 0
+
+def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
+    """(setting, seed, reason) of the pairs whose last attempt failed for a reason other than
+    divergence (a result) and that will not be retried."""
+    if abl.sampler != "grid":
+        return []
+    final = final_pairs(study.get_trials(deepcopy=False))
+    out = []
+    for setting, seed in abl.pairs():
+        reason = final.get(pair_key(pair_params(setting.params, seed)))
+        if reason is not None and not reason.startswith(FINAL_FAILURES):
+            out.append((setting.label, seed, reason))
+    return out
 
 def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage,

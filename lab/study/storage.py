@@ -47,6 +47,14 @@ class LockedRDBStorage:
             return super().set_trial_state_values(trial_id, state, values)
 
 
+@contextlib.contextmanager
+def queue_lock(url: str, storage=None):
+    """Serialise the queue step (reading which pairs are missing, enqueueing them) across
+    every process on the study: the file lock for this machine's workers, and on PostgreSQL
+    or MySQL a database lock, since sweeps on other machines share the study."""
+    with file_lock(lock_path_for(url)):
+        yield
+
 def lock_path_for(url: str) -> str:
     if url.startswith("sqlite:///"):
         return url[len("sqlite:///"):] + ".lock"

@@ -11,9 +11,15 @@ import signal
 import sys
 import time
 
-from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED, stored_seed_choices
+from lab.study.attrs import (
+    CLAIM_ATTR,
+    FAIL_ATTR,
+    INTERRUPTED,
+    is_deterministic_failure,
+    stored_seed_choices,
+)
 from lab.study.objective import TrialFailed, ignore_stop_signals, make_objective
-from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
+from lab.study.queue import count_done, queue_missing, reclaim_and_requeue, worker_identity
 from lab.study.spec import load_ablation
 from lab.study.storage import (
     PARENT_ENV,
@@ -21,6 +27,7 @@ from lab.study.storage import (
     file_lock,
     lock_path_for,
     open_storage,
+    queue_lock,
     quiet_optuna,
     trial_id,
 )
@@ -163,6 +170,10 @@ def work(args) -> int:
             study.optimize(objective, n_trials=1, catch=(TrialFailed,))
         finally:
             release()
+        if is_deterministic_failure(storage.get_trial(claimed)):
+            # Retried once now (from its checkpoint); failing again makes the pair final.
+            with queue_lock(abl.storage, storage):
+                queue_missing(study, abl)
 
 
 if __name__ == "__main__":
