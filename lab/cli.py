@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lab.errors import LabError
@@ -27,9 +28,9 @@ def run_table(rows: list[dict], title: str) -> Table:
         table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
         table.add_row(
-            r.get("config", ""), r["family"], r["plan"], fmt_int(r["params"]),
+            escape(r.get("config", "")), escape(r["family"]), escape(r["plan"]), fmt_int(r["params"]),
             str(r["depth"]), fmt_int(r["flops"]), pct(r.get("val")), pct(r.get("ood")),
-            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", r.get("run_dir", "-"),
+            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", escape(r.get("run_dir", "-")),
         )
     return table
 
@@ -54,9 +55,10 @@ def cmd_train(args) -> int:
     }
     out.print(run_table([row], "lab train"))
     if res.status != "ok":
-        console.print(f"[red]run {res.status}: {res.reason}[/red]")
+        console.print(f"[red]run {res.status}: {escape(str(res.reason))}[/red]")
         return 1
-    out.print(f"TensorBoard: tensorboard --logdir {Path(res.run_dir).parent} --host 127.0.0.1")
+    out.print(f"TensorBoard: tensorboard --logdir {escape(str(Path(res.run_dir).parent))} "
+              "--host 127.0.0.1")
     return 0
 
 
@@ -98,7 +100,7 @@ def cmd_check(args) -> int:
                              "depth": c["effective_depth"], "flops": c["flops_per_token"]})
         except LabError as e:
             failures += 1
-            console.print(f"[red]{f}: {e}[/red]")
+            console.print(f"[red]{escape(str(f))}: {escape(str(e))}[/red]")
     out.print(run_table(rows, f"lab check: {len(rows)} configs built, one forward pass each"))
     return 2 if failures else 0
 
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LabError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)
         return e.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

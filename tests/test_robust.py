@@ -408,3 +408,37 @@ def test_tampered_checkpoint_runs_no_code_on_resume(debug_cfg, tmp_path, monkeyp
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
     res = train(debug_cfg("eval.cost=false", "name=s", "train.steps=20"))
     assert train(debug_cfg("eval.cost=false", "name=s", "train.steps=20", "resume=true")).status == "ok"
+
+
+# --------------------------------------------------------------------------------------------
+# 10. Labels and failure reasons are text, not console markup
+
+
+def test_trial_lines_escape_markup(tmp_path):
+    from rich.console import Console
+
+    from lab.study.run import trial_line
+    from lab.study.spec import load_ablation
+
+    abl = load_ablation(ablation(tmp_path, "mk", "space: {model.n_layers: [1]}\n"))
+    reason = "out of memory: [enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator"
+    failed = optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"seed": 0},
+        distributions={"seed": optuna.distributions.IntDistribution(0, 9)},
+        user_attrs={"lab.setting": "name=[/x]", "lab.fail_reason": reason})
+    done = optuna.trial.create_trial(
+        value=0.5, params={"seed": 0},
+        distributions={"seed": optuna.distributions.IntDistribution(0, 9)},
+        user_attrs={"lab.setting": "[bold]x[/bold]"})
+    console = Console(record=True, width=200)
+    console.print(trial_line(failed, abl))
+    console.print(trial_line(done, abl))
+    text = console.export_text()
+    assert "name=[/x]" in text and "[enforce fail at alloc_cpu.cpp:127]" in text
+    assert "[bold]x[/bold]" in text
+
+
+def test_error_messages_escape_markup(capsys):
+    assert main(["sweep", "ablations/[/x][bold].yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "[/x][bold]" in err and "does not exist" in err

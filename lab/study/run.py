@@ -213,7 +213,7 @@ def sweep(path: str, overrides: list[str] | None, workers: int | None,
     shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
              else f"sampled by {abl.sampler}")
     console.print(
-        f"[bold]{abl.study}[/bold]: {total} trials ({shape}), {done} already done; "
+        f"[bold]{escape(abl.study)}[/bold]: {total} trials ({shape}), {done} already done; "
         f"{n_workers} worker(s) x {threads} thread(s); storage {redact_url(abl.storage)}"
     )
     remaining = total - done
@@ -228,7 +228,7 @@ def sweep(path: str, overrides: list[str] | None, workers: int | None,
             with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(),
                           MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                           TimeRemainingColumn(), console=console, transient=False) as progress:
-                bar = progress.add_task(abl.study, total=total, completed=done)
+                bar = progress.add_task(escape(abl.study), total=total, completed=done)
                 procs = [spawn_worker(argv, abl.storage) for _ in range(n_workers)]
                 respawns = 0
                 while True:
@@ -315,10 +315,11 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 def trial_line(t, abl: Ablation) -> str:
+    """One trial as console markup; every text from the user or an exception is escaped."""
     from optuna.trial import TrialState
 
-    label = t.user_attrs.get(SETTING_ATTR, "?")
-    seed = t.params.get("seed", "?")
+    label = escape(str(t.user_attrs.get(SETTING_ATTR, "?")))
+    seed = escape(str(t.params.get("seed", "?")))
     wall = t.user_attrs.get("wall_time_s")
     wall_s = f" {wall:.0f}s" if isinstance(wall, int | float) else ""
     if t.state == TrialState.COMPLETE:
@@ -328,4 +329,4 @@ def trial_line(t, abl: Ablation) -> str:
     if t.state == TrialState.PRUNED:
         return f"  [yellow]pruned[/yellow] #{t.number:<4} {label}, seed {seed}{wall_s}"
     reason = t.user_attrs.get(FAIL_ATTR) or "no reason recorded (its worker stopped reporting)"
-    return f"  [red]failed[/red] #{t.number:<4} {label}, seed {seed}: {reason}"
+    return f"  [red]failed[/red] #{t.number:<4} {label}, seed {seed}: {escape(str(reason))}"
