@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,10 +225,15 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
             f"override '{bad[0]}' is not of the form key=value "
             "(for example model.loops=3 or task.hops=8)."
         )
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise LabError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+    for o in overrides:
+        try:
+            OmegaConf.from_dotlist([o])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            key = o.partition("=")[0]
+            detail = (getattr(e, "problem", None) or str(e).splitlines()[0]).strip()
+            raise LabError(f"override '{key}': its value is not valid YAML ({detail}); "
+                           "quote it or fix the brackets, e.g. model.band=[0,1].") from None
+    return OmegaConf.from_dotlist(list(overrides))
 
 
 def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source: str) -> DictConfig:
@@ -305,8 +311,27 @@ def _need(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(key, msg)
 
 
+# The most loops a config may ask for (training, evaluation, adaptive exit); test-time
+# extrapolation may go to twice as many. Evaluation cost grows with the square of the loop
+# count (every loop count up to r' is evaluated), so larger values would run for hours.
+MAX_LOOPS = 64
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's limit
+
+
 def validate(cfg: LabConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.eval
+    _need(0 <= cfg.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}], got {cfg.seed}.")
+    for key, value in (("model.loops", m.loops), ("model.eval_loops", m.eval_loops),
+                       ("model.exit_max_loops", m.exit_max_loops),
+                       ("model.loops_range", max(m.loops_range or [0]))):
+        _need(value is None or value <= MAX_LOOPS, key,
+              f"{value} loops is over the limit of {MAX_LOOPS} (evaluation cost grows with the "
+              "square of the loop count).")
+    if e.extrapolate is not None:
+        _need(all(int(r) <= 2 * MAX_LOOPS for r in e.extrapolate), "eval.extrapolate",
+              f"loop counts must be at most {2 * MAX_LOOPS}, got {max(e.extrapolate)}.")
+    _need(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
+          f"must be a finite number >= 0, got {t.weight_decay}.")
     _need(m.d_model >= 1, "model.d_model", f"must be a positive integer, got {m.d_model}.")
     _need(m.n_heads >= 1, "model.n_heads", f"must be a positive integer, got {m.n_heads}.")
     _need(

@@ -30,10 +30,10 @@ def needs_postgres(f):
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def ablation(tmp_path, name: str, body: str) -> Path:
+def ablation(tmp_path, name: str, body: str, overrides: str = "eval.cost: false") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"name: {name}\nbase: [{ROOT / 'configs/debug.yaml'}]\n"
-                    f"overrides: {{eval.cost: false}}\n{body}")
+                    f"overrides: {{{overrides}}}\n{body}")
     return path
 
 
@@ -442,3 +442,37 @@ def test_error_messages_escape_markup(capsys):
     assert main(["sweep", "ablations/[/x][bold].yaml"]) == 2
     err = capsys.readouterr().err
     assert "[/x][bold]" in err and "does not exist" in err
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Validation: refuse what is invalid (exit 2, the key named); bound evaluation; timeouts
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["seeds=[0, 0, 1]"], "seeds"),
+    (["seeds=[-1, 0]"], "seeds"),
+    (["train.weight_decay=-0.1"], "train.weight_decay"),
+    (["train.weight_decay=nan"], "train.weight_decay"),
+    (["model.band=[0,"], "model.band"),
+    (["seeds=[0,"], "seeds"),
+    (["model.loops=1000"], "model.loops"),
+    (["eval.extrapolate=[1, 500]"], "eval.extrapolate"),
+    (["trial_timeout=-5"], "trial_timeout"),
+    (["seed=-3"], "seed"),
+], ids=lambda v: str(v))
+def test_invalid_input_is_refused_with_the_key_named(args, expect, capsys):
+    assert main(["sweep", str(TINY), *args]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+    assert not Path("studies").exists() and not Path("runs").exists()
+
+
+def test_trial_timeout_fails_the_trial_with_its_reason(tmp_path):
+    abl = ablation(tmp_path, "slow", "space: {model.n_layers: [1]}\nseeds: [0]\n"
+                   "trial_timeout: 3\n", "eval.cost: false, train.steps: 100000")
+    t0 = time.time()
+    assert main(["sweep", str(abl), "--workers", "1"]) == 1
+    assert time.time() - t0 < 90
+    trials = load("slow").trials
+    assert len(trials) == 2  # retried once, then final
+    assert all(t.user_attrs["lab.fail_reason"].startswith("timeout") for t in trials)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import threading
 from typing import Any
 
 from lab.errors import LabError
@@ -62,6 +63,26 @@ def failure_reason(e: BaseException) -> str:
 
 class TrialTimeout(Exception):
     """The trial ran longer than the ablation's trial_timeout."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise TrialTimeout in this (main) thread after `seconds` (SIGALRM; POSIX only)."""
+    if not seconds or not hasattr(signal, "setitimer") or (
+            threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TrialTimeout(f"the trial ran longer than trial_timeout={seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def ignored(signum, frame) -> None:
@@ -191,9 +212,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         trial.set_user_attr(THREADS_ATTR, threads)
         callbacks = [pruning_callback(trial, abl.objective)] if abl.pruner else []
         try:
-            res = train(cfg, save_dir=runs_dir, name=abl.study, version=version,
-                        callbacks=callbacks, progress=False,
-                        hparams={"trial": trial.number, "setting": label})
+            with time_limit(abl.trial_timeout):
+                res = train(cfg, save_dir=runs_dir, name=abl.study, version=version,
+                            callbacks=callbacks, progress=False,
+                            hparams={"trial": trial.number, "setting": label})
         except optuna.TrialPruned:
             raise
         except (LabError, Exception) as e:

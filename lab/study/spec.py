@@ -39,16 +39,16 @@ from omegaconf.errors import OmegaConfBaseException
 from lab.config import LabConfig, flatten, load_config, parse_overrides, read_yaml_mapping, to_dict
 from lab.errors import ConfigError, LabError
 from lab.provenance import REPO
-from lab.study.attrs import decode
+from lab.study.attrs import SEED_HIGH, SEED_LOW, decode
 
 ABLATION_KEYS = {
     "name", "description", "base", "overrides", "space", "axis", "seeds", "objective",
     "direction", "sampler", "n_trials", "pruner", "storage", "study", "workers", "analysis",
-    "question",
+    "question", "trial_timeout",
 }
 
 STUDY_KEYS = {"storage", "study", "seeds", "workers", "n_trials", "sampler", "pruner",
-              "objective", "direction"}
+              "objective", "direction", "trial_timeout"}
 
 RANGE_KEYS = {"low", "high", "step", "log"}
 
@@ -236,6 +236,7 @@ class Ablation:
     study: str
     workers: int | None
     analysis: dict[str, Any] = field(default_factory=dict)  # the keys given (AnalysisSpec)
+    trial_timeout: float | None = None  # seconds; a longer trial fails with reason timeout
 
     # ---------------------------------------------------------------- configs
     def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
@@ -339,8 +340,15 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     for o in overrides or []:
         parse_overrides([o])  # checks the key=value form
         key, _, value = o.partition("=")
+        if key == "seed":
+            raise LabError("override 'seed': a sweep sets each trial's seed from 'seeds'; give "
+                           "seeds=[...] instead.")
         if key in STUDY_KEYS:
-            study_over[key] = value if key in ("storage", "study") else yaml.safe_load(value)
+            try:
+                study_over[key] = value if key in ("storage", "study") else yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                detail = (getattr(e, "problem", None) or str(e).splitlines()[0]).strip()
+                raise LabError(f"override '{key}': its value is not valid YAML ({detail}).") from None
         else:
             config_over.append(o)
     raw = {**raw, **study_over}
@@ -355,6 +363,8 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     ov = raw.get("overrides") or {}
     if not isinstance(ov, dict):
         raise LabError(f"ablation '{path}': 'overrides' must be a mapping of config keys.")
+    if "seed" in ov:
+        raise LabError(f"ablation '{path}': 'overrides' sets 'seed'; list seeds under 'seeds:'.")
     overrides_nested = _nest(ov)
     if "space" not in raw:
         raise LabError(f"ablation '{path}' has no 'space': name at least one config key to vary.")
@@ -362,8 +372,22 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int):
         seeds = list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise LabError(f"ablation '{path}': 'seeds' must be a non-empty list of integers.")
+    if len(set(seeds)) != len(seeds):
+        dup = next(s for s in seeds if seeds.count(s) > 1)
+        raise LabError(f"ablation '{path}': 'seeds' lists seed {dup} more than once.")
+    if not all(SEED_LOW <= s <= SEED_HIGH for s in seeds):
+        bad = next(s for s in seeds if not SEED_LOW <= s <= SEED_HIGH)
+        raise LabError(f"ablation '{path}': 'seeds' must be between {SEED_LOW} and {SEED_HIGH}, "
+                       f"got {bad}.")
+    trial_timeout = raw.get("trial_timeout")
+    if trial_timeout is not None and not (
+            isinstance(trial_timeout, int | float) and not isinstance(trial_timeout, bool)
+            and math.isfinite(trial_timeout) and trial_timeout > 0):
+        raise LabError(f"ablation '{path}': 'trial_timeout' must be a positive number of "
+                       f"seconds, got {trial_timeout!r}.")
     objective = str(raw.get("objective", "val/acc_token"))
     if objective not in OBJECTIVES:
         raise LabError(
@@ -394,6 +418,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         direction=direction, sampler=sampler, n_trials=n_trials,
         pruner=None if pruner in (None, "none") else pruner, storage=storage, study=study,
         workers=workers, analysis=parse_analysis(raw.get("analysis"), str(path)),
+        trial_timeout=trial_timeout,
     )
     check_space_keys(abl)
     return abl
