@@ -476,3 +476,61 @@ def test_trial_timeout_fails_the_trial_with_its_reason(tmp_path):
     trials = load("slow").trials
     assert len(trials) == 2  # retried once, then final
     assert all(t.user_attrs["lab.fail_reason"].startswith("timeout") for t in trials)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Two machines on one PostgreSQL study: the queue step is atomic across them
+
+LOCK_SCRIPT = """
+import sys, time
+from lab.study.storage import open_storage, queue_lock
+url, name = sys.argv[1], sys.argv[2]
+storage = open_storage(url, heartbeat=False)
+print("ready", flush=True)
+with queue_lock(url, storage, name):
+    print(time.time(), flush=True)
+"""
+
+
+@needs_postgres
+def test_queue_lock_holds_across_hosts(tmp_path):
+    import uuid
+
+    from lab.study.storage import open_storage, queue_lock
+
+    name = f"lock-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "other").mkdir()
+    storage = open_storage(PG_URL, heartbeat=False)
+    with queue_lock(PG_URL, storage, name):
+        other = subprocess.Popen(  # another machine: its own temp dir and host name
+            [sys.executable, "-c", LOCK_SCRIPT, PG_URL, name], stdout=subprocess.PIPE, text=True,
+            env=env(TMPDIR=str(tmp_path / "other"), LAB_HOST="other-host"))
+        assert other.stdout.readline().strip() == "ready"
+        time.sleep(2.0)
+        released = time.time()
+    out, _ = other.communicate(timeout=60)
+    assert other.returncode == 0
+    assert float(out.strip()) >= released
+
+
+@needs_postgres
+def test_two_hosts_run_every_pair_exactly_once(tmp_path):
+    import uuid
+
+    name = f"hosts-{uuid.uuid4().hex[:8]}"
+    procs = []
+    for host in ("host-a", "host-b"):
+        tmp = tmp_path / host
+        tmp.mkdir()
+        procs.append(start_sweep(TINY, f"storage={PG_URL}", f"study={name}", "--workers", "1",
+                                 TMPDIR=str(tmp), LAB_HOST=host))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    study = load(name, PG_URL)
+    pairs = completed(study)
+    assert len(pairs) == 8 and set(pairs.values()) == {1}
+    queued = Counter(t.user_attrs["lab.pair"] for t in study.trials if t.user_attrs.get("lab.queued"))
+    assert len(queued) == 8 and set(queued.values()) == {1}, queued
+    hosts = {t.user_attrs["lab.worker"]["host"] for t in study.trials if "lab.worker" in t.user_attrs}
+    assert hosts == {"host-a", "host-b"}

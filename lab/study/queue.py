@@ -34,13 +34,19 @@ from lab.study.attrs import (
     trial_pair,
 )
 from lab.study.spec import Ablation
-from lab.study.storage import file_lock, lock_path_for, trial_id
+from lab.study.storage import queue_lock, trial_id
+
+HOST_ENV = "LAB_HOST"  # names this machine instead of its hostname (tests simulate hosts)
+
+
+def host_name() -> str:
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 def worker_identity() -> dict[str, Any]:
     """What names this worker process: host, pid and the process's start time."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": psutil.Process(pid).create_time()}
+    return {"host": host_name(), "pid": pid, "start": psutil.Process(pid).create_time()}
 
 
 def alive(ident: dict) -> bool:
@@ -66,7 +72,7 @@ def reclaim_dead_local_trials(study, storage) -> list[int]:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
+    host = host_name()
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         ident = t.user_attrs.get(WORKER_ATTR, t.user_attrs.get(CLAIM_ATTR))
@@ -114,7 +120,7 @@ def first_attempts(trials) -> dict[str, int]:
     return first
 
 def reclaim_and_requeue(study, storage, abl: Ablation) -> list[int]:
-    with file_lock(lock_path_for(abl.storage)):
+    with queue_lock(abl.storage, storage, abl.study):
         dead = reclaim_dead_local_trials(study, storage)
         if dead:
             queue_missing(study, abl)

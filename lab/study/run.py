@@ -47,7 +47,13 @@ from lab.study.queue import (
     reclaim_dead_local_trials,
 )
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
-from lab.study.storage import PARENT_ENV, STORAGE_ENV, file_lock, lock_path_for, open_storage, redact_url
+from lab.study.storage import (
+    PARENT_ENV,
+    STORAGE_ENV,
+    open_storage,
+    queue_lock,
+    redact_url,
+)
 from lab.tasks import describe
 
 
@@ -199,7 +205,7 @@ def sweep(path: str, overrides: list[str] | None, workers: int | None,
     abl = load_ablation(path, overrides)
     storage = open_storage(abl.storage)
     study = create_or_load_study(abl, storage)
-    with file_lock(lock_path_for(abl.storage)):
+    with queue_lock(abl.storage, storage, abl.study):  # atomic across machines too
         reclaim_dead_local_trials(study, storage)
         if abl.sampler == "grid":
             done, _ = queue_missing(study, abl)

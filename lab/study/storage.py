@@ -48,12 +48,36 @@ class LockedRDBStorage:
 
 
 @contextlib.contextmanager
-def queue_lock(url: str, storage=None):
+def queue_lock(url: str, storage=None, study_name: str = ""):
     """Serialise the queue step (reading which pairs are missing, enqueueing them) across
-    every process on the study: the file lock for this machine's workers, and on PostgreSQL
-    or MySQL a database lock, since sweeps on other machines share the study."""
+    every process on the study: the file lock for this machine's processes, and on
+    PostgreSQL (an advisory lock) or MySQL (GET_LOCK) a lock held in the database, since
+    sweeps on other machines share the study and a local file cannot stop them."""
     with file_lock(lock_path_for(url)):
-        yield
+        engine = getattr(storage, "engine", None)
+        dialect = getattr(getattr(engine, "dialect", None), "name", "")
+        if dialect not in ("postgresql", "mysql"):
+            yield
+            return
+        from sqlalchemy import text
+
+        digest = hashlib.sha256(f"lab-queue:{study_name}".encode()).digest()
+        if dialect == "postgresql":
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            take, params = "SELECT pg_advisory_lock(:k)", {"k": key}
+            give = "SELECT pg_advisory_unlock(:k)"
+        else:
+            take, params = "SELECT GET_LOCK(:k, 3600)", {"k": f"lab-queue-{digest.hex()[:40]}"}
+            give = "SELECT RELEASE_LOCK(:k)"
+        with engine.connect() as conn:
+            conn.execute(text(take), params)
+            conn.commit()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.execute(text(give), params)
+                    conn.commit()
 
 def lock_path_for(url: str) -> str:
     if url.startswith("sqlite:///"):

@@ -172,7 +172,7 @@ def work(args) -> int:
             release()
         if is_deterministic_failure(storage.get_trial(claimed)):
             # Retried once now (from its checkpoint); failing again makes the pair final.
-            with queue_lock(abl.storage, storage):
+            with queue_lock(abl.storage, storage, abl.study):
                 queue_missing(study, abl)
 
 
