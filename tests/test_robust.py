@@ -534,3 +534,39 @@ def test_two_hosts_run_every_pair_exactly_once(tmp_path):
     assert len(queued) == 8 and set(queued.values()) == {1}, queued
     hosts = {t.user_attrs["lab.worker"]["host"] for t in study.trials if "lab.worker" in t.user_attrs}
     assert hosts == {"host-a", "host-b"}
+
+
+# --------------------------------------------------------------------------------------------
+# 9. Corrupt or read-only storage: one clear message, exit 2, the way out
+
+
+def make_study_db():
+    from lab.study.queue import queue_missing
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
+
+    abl = load_ablation(TINY)
+    queue_missing(create_or_load_study(abl), abl)
+    return Path("studies/tiny.db")
+
+
+def test_corrupt_sqlite_storage_is_one_clear_message(capsys):
+    db = make_study_db()
+    pages = db.stat().st_size // 4096
+    with db.open("r+b") as f:  # one page of garbage
+        f.seek(4096 * (pages - 2))
+        f.write(b"\xde\xad" * 2048)
+    for cmd in (["sweep", str(TINY), "--workers", "1"], ["report", str(TINY)]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "is corrupt" in err and ".recover" in err and "backup" in err
+        assert "Traceback" not in err and "StorageInternalError" not in err
+
+
+def test_read_only_storage_is_one_clear_message(capsys):
+    make_study_db()
+    # Opened read-only (a read-only file behaves alike, but not for root, who runs CI).
+    url = "sqlite:///file:studies/tiny.db?mode=ro&uri=true"
+    assert main(["sweep", str(TINY), "--workers", "1", f"storage={url}"]) == 2
+    err = capsys.readouterr().err
+    assert "is read-only" in err and "writable" in err and "Traceback" not in err

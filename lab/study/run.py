@@ -53,6 +53,7 @@ from lab.study.storage import (
     open_storage,
     queue_lock,
     redact_url,
+    storage_errors,
 )
 from lab.tasks import describe
 
@@ -158,7 +159,8 @@ def load_existing_study(abl: Ablation):
         )
     storage = open_storage(abl.storage, heartbeat=False)
     try:
-        return optuna.load_study(study_name=abl.study, storage=storage)
+        with storage_errors(abl.storage):
+            return optuna.load_study(study_name=abl.study, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise LabError(
@@ -180,16 +182,19 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
         received.append(signum)
         raise KeyboardInterrupt
 
+    abl = load_ablation(path, overrides)
     try:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread: SIGTERM stays as it is
-        return sweep(path, overrides, workers, received)
+        previous = None
     try:
-        return sweep(path, overrides, workers, received)
+        with storage_errors(abl.storage):
+            return sweep(abl, overrides, workers, received)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
-def sweep(path: str, overrides: list[str] | None, workers: int | None,
+def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
           received: list[int]) -> int:
     from rich.console import Console
     from rich.progress import (
@@ -202,7 +207,6 @@ def sweep(path: str, overrides: list[str] | None, workers: int | None,
     )
 
     console = Console(stderr=True, soft_wrap=True)
-    abl = load_ablation(path, overrides)
     storage = open_storage(abl.storage)
     study = create_or_load_study(abl, storage)
     with queue_lock(abl.storage, storage, abl.study):  # atomic across machines too

@@ -114,7 +114,8 @@ def open_storage(url: str, heartbeat: bool = True):
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.name.startswith("file:") and not str(path).startswith("file:"):  # a URI
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} \
@@ -133,6 +134,9 @@ def open_storage(url: str, heartbeat: bool = True):
             'For PostgreSQL: pip install "psycopg[binary]" (the postgres extra of the lab).'
         ) from None
     except Exception as e:  # sqlalchemy errors: bad URL, unreachable server, bad credentials
+        problem = storage_problem(e, url)
+        if problem is not None:
+            raise problem from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LabError(
             f"cannot open storage '{redact_url(url)}': {msg}. Check the URL "
@@ -141,6 +145,54 @@ def open_storage(url: str, heartbeat: bool = True):
         ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def storage_problem(e: BaseException, url: str) -> LabError | None:
+    """A storage failure (corrupt or read-only database) as one clear message, or None if `e`
+    is not one. The database driver's error is searched along the exception's causes."""
+    texts, seen = [], e
+    while seen is not None and len(texts) < 6:
+        texts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(texts).lower()
+    where = redact_url(url)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+    if any(m in text for m in ("malformed", "not a database", "file is encrypted",
+                               "database corrupt", "disk i/o error")):
+        recover = (f" or recover what is readable: sqlite3 {path} .recover | sqlite3 "
+                   f"{path}.recovered && mv {path}.recovered {path}" if path else "")
+        return LabError(f"storage '{where}' is corrupt ({_first_line(e, text)}). Restore it "
+                        f"from a backup,{recover or ' or repair it with the database tools'}; "
+                        "then run the same command again.")
+    if any(m in text for m in ("readonly database", "read-only", "read only",
+                               "attempt to write", "permission denied")):
+        return LabError(f"storage '{where}' is read-only ({_first_line(e, text)}): the lab "
+                        "writes to its study (and SQLite a journal file beside the database). "
+                        "Make the file and its folder writable, or copy it somewhere writable "
+                        "and give storage=sqlite:///COPY.db.")
+    return None
+
+
+def _first_line(e: BaseException, text: str) -> str:
+    for m in ("database disk image is malformed", "file is not a database",
+              "attempt to write a readonly database", "disk i/o error"):
+        if m in text:
+            return m
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Turn a corrupt or read-only storage into a LabError (exit 2, with the way out)."""
+    try:
+        yield
+    except LabError:
+        raise
+    except Exception as e:
+        problem = storage_problem(e, url)
+        if problem is None:
+            raise
+        raise problem from None
+
 
 def create_storage(cls, url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 6):
     """Create the storage, retrying when another process creates the same tables right now.
