@@ -570,3 +570,49 @@ def test_read_only_storage_is_one_clear_message(capsys):
     assert main(["sweep", str(TINY), "--workers", "1", f"storage={url}"]) == 2
     err = capsys.readouterr().err
     assert "is read-only" in err and "writable" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# 12. Minor: run directory names, duplicate YAML keys, summed wall time
+
+
+def test_run_slug_keeps_the_sign_of_an_exponent():
+    from lab.study.objective import run_slug
+
+    assert run_slug("lr=1e+06") == "lr-1e+06"
+    assert run_slug("lr=1e+06") != run_slug("lr=1e-06")
+    assert run_slug("looped, loops=2") == "looped-loops-2"
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path, capsys):
+    from lab.config import load_config
+    from lab.errors import LabError
+
+    f = tmp_path / "dup.yaml"
+    f.write_text("train:\n  steps: 5\n  lr: 0.1\n  steps: 7\n")
+    with pytest.raises(LabError, match=r"key 'steps' appears twice .*lines 2 and 4"):
+        load_config([f])
+    abl = ablation(tmp_path, "dupabl", "space: {model.n_layers: [1]}\nseeds: [0]\nseeds: [1]\n")
+    assert main(["sweep", str(abl)]) == 2
+    err = capsys.readouterr().err
+    assert "'seeds' appears twice" in err and "dupabl.yaml" in err
+
+
+def test_wall_time_counts_each_pair_once(tmp_path):
+    from optuna.distributions import IntDistribution
+
+    from lab.report.markdown import environment
+    from lab.report.study import StudyAnalysis
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
+
+    abl = load_ablation(ablation(tmp_path, "wall", "space: {model.n_layers: [1, 2]}\nseeds: [0]\n"))
+    study = create_or_load_study(abl)
+    dist = {"model.n_layers": IntDistribution(1, 2), "seed": IntDistribution(0, 9)}
+    for n_layers in (1, 1, 2):  # pair (1, 0) completed twice (e.g. by two machines)
+        study.add_trial(optuna.trial.create_trial(
+            value=0.5, params={"model.n_layers": n_layers, "seed": 0}, distributions=dist,
+            user_attrs={"wall_time_s": 60.0, "lab.setting": f"n_layers={n_layers}",
+                        "lab.pair": f'{{"model.n_layers": {n_layers}, "seed": 0}}'}))
+    line = next(x for x in environment(StudyAnalysis(abl, study)) if "wall time" in x)
+    assert "2.0 min" in line, line

@@ -128,6 +128,12 @@ def suggest(trial, space: tuple, seeds: list[int], seed_choices: list | None = N
         params["seed"] = trial.suggest_int("seed", SEED_LOW, SEED_HIGH)
     return params
 
+def run_slug(label: str) -> str:
+    """A setting's label as part of a directory name: `lr=1e+06` -> `lr-1e+06` (a '+' is kept:
+    turned into '-' it would name another value)."""
+    slug = "".join(c if c.isalnum() or c == "+" else "-" for c in label).strip("-")
+    return "-".join(filter(None, slug.split("-")))
+
 def setting_label(abl: Ablation, params: dict[str, Any]) -> tuple[str, str, float | None]:
     p = {k: v for k, v in params.items() if k != "seed"}
     for s in abl.settings():
@@ -200,9 +206,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         if axis is not None:
             trial.set_user_attr(AXIS_ATTR, axis)
         first = trial.user_attrs.get(FIRST_TRIAL_ATTR, trial.number)
-        slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
-        slug = "-".join(filter(None, slug.split("-")))
-        version = f"{first:04d}-{slug}-seed{seed}"
+        version = f"{first:04d}-{run_slug(label)}-seed{seed}"
         retry = first != trial.number
         cfg = abl.config(params, seed)
         cfg.train.threads = threads
