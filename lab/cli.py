@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lab.errors import LabError
@@ -33,9 +34,10 @@ def run_table(rows: list[dict], title: str) -> Table:
         extra = [f"{r['val_bpb']:.4f}" if r.get("val_bpb") is not None else "-",
                  f"{r['ood_bpb']:.4f}" if r.get("ood_bpb") is not None else "-"] if bpb else []
         table.add_row(
-            r.get("config", ""), r["family"], r["plan"], fmt_int(r["params"]),
+            escape(r.get("config", "")), escape(r["family"]), escape(r["plan"]), fmt_int(r["params"]),
             str(r["depth"]), fmt_int(r["flops"]), pct(r.get("val")), pct(r.get("ood")),
-            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", r.get("run_dir", "-"), *extra,
+            "-" if r.get("wall") is None else f"{r['wall']:.0f}s", escape(r.get("run_dir", "-")),
+            *extra,
         )
     return table
 
@@ -67,9 +69,10 @@ def cmd_train(args) -> int:
     }
     out.print(run_table([row], "lab train"))
     if res.status != "ok":
-        console.print(f"[red]run {res.status}: {res.reason}[/red]")
+        console.print(f"[red]run {res.status}: {escape(str(res.reason))}[/red]")
         return 1
-    out.print(f"TensorBoard: tensorboard --logdir {Path(res.run_dir).parent} --host 127.0.0.1")
+    out.print(f"TensorBoard: tensorboard --logdir {escape(str(Path(res.run_dir).parent))} "
+              "--host 127.0.0.1")
     return 0
 
 
@@ -111,7 +114,7 @@ def cmd_check(args) -> int:
                              "depth": c["effective_depth"], "flops": c["flops_per_token"]})
         except LabError as e:
             failures += 1
-            console.print(f"[red]{f}: {e}[/red]")
+            console.print(f"[red]{escape(str(f))}: {escape(str(e))}[/red]")
     out.print(run_table(rows, f"lab check: {len(rows)} configs built, one forward pass each"))
     return 2 if failures else 0
 
@@ -122,17 +125,23 @@ def cmd_sweep(args) -> int:
     from lab.study.spec import load_ablation
 
     rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
-    if rc:
+    if rc not in (0, 1):
         return rc
     abl = load_ablation(args.ablation, args.overrides)
-    if abl.config().eval.cost:
+    if not rc and abl.config().eval.cost:
         from lab.study import costpass
         from lab.study.run import load_existing_study
 
         console.print("timing every setting's decode latency in paired rounds ...")
         costpass.ensure(abl, load_existing_study(abl))
-    print_results(load_ablation(args.ablation, args.overrides))
-    return write_report(args.ablation, args.overrides or [], quiet=False)
+    try:
+        print_results(abl)
+        report_rc = write_report(args.ablation, args.overrides or [], quiet=False)
+    except LabError:
+        if not rc:  # with failures (rc 1) there may be nothing to report: keep rc
+            raise
+        report_rc = 1
+    return rc or report_rc
 
 
 def cmd_report(args) -> int:
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except LabError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False)
         return e.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")

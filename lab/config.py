@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,13 +200,40 @@ def _translate(err: OmegaConfBaseException, schema: DictConfig, source: str) -> 
     return ConfigError(key, f"{str(err).splitlines()[0]}{where}")
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, lines: tuple[int, int]):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would silently keep
+    the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKey(str(key), (seen[key], line))
+            except TypeError:  # an unhashable key: let the loader say so
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | os.PathLike, kind: str = "config file") -> dict:
     """A YAML file holding a mapping; a missing file or bad YAML is a LabError naming it."""
     p = Path(path)
     if not p.is_file():
         raise LabError(f"{kind} '{path}' does not exist (looked at {p.resolve()}).")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKey as e:
+        raise LabError(f"{kind} '{path}': key '{e.key}' appears twice (at lines {e.lines[0]} "
+                       f"and {e.lines[1]}); keep one.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -230,18 +258,18 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
             f"override '{bad[0]}' is not of the form key=value "
             "(for example model.loops=3 or task.hops=8)."
         )
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as e:
-        raise LabError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
-    except yaml.YAMLError as e:
-        # e.g. a glob pattern such as task.include=*.txt: YAML reads a leading * as an alias.
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise LabError(
-            f"cannot parse the value of an override in {list(overrides)} as YAML: {problem}. "
-            "Quote values that start with * & ! % @ or `, for example task.include='\"*.txt\"' "
-            "or task.include='[\"*.md\", \"*.txt\"]'."
-        ) from None
+    for o in overrides:
+        try:
+            OmegaConf.from_dotlist([o])
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            key = o.partition("=")[0]
+            detail = (getattr(e, "problem", None) or str(e).splitlines()[0]).strip()
+            raise LabError(
+                f"override '{key}': its value is not valid YAML ({detail}); quote it or fix the "
+                "brackets, e.g. model.band=[0,1], or quote values that start with * & ! % @ or `"
+                " (a glob such as task.include='\"*.txt\"')."
+            ) from None
+    return OmegaConf.from_dotlist(list(overrides))
 
 
 def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source: str) -> DictConfig:
@@ -319,8 +347,27 @@ def _need(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(key, msg)
 
 
+# The most loops a config may ask for (training, evaluation, adaptive exit); test-time
+# extrapolation may go to twice as many. Evaluation cost grows with the square of the loop
+# count (every loop count up to r' is evaluated), so larger values would run for hours.
+MAX_LOOPS = 64
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's limit
+
+
 def validate(cfg: LabConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.eval
+    _need(0 <= cfg.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}], got {cfg.seed}.")
+    for key, value in (("model.loops", m.loops), ("model.eval_loops", m.eval_loops),
+                       ("model.exit_max_loops", m.exit_max_loops),
+                       ("model.loops_range", max(m.loops_range or [0]))):
+        _need(value is None or value <= MAX_LOOPS, key,
+              f"{value} loops is over the limit of {MAX_LOOPS} (evaluation cost grows with the "
+              "square of the loop count).")
+    if e.extrapolate is not None:
+        _need(all(int(r) <= 2 * MAX_LOOPS for r in e.extrapolate), "eval.extrapolate",
+              f"loop counts must be at most {2 * MAX_LOOPS}, got {max(e.extrapolate)}.")
+    _need(math.isfinite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay",
+          f"must be a finite number >= 0, got {t.weight_decay}.")
     _need(m.d_model >= 1, "model.d_model", f"must be a positive integer, got {m.d_model}.")
     _need(m.n_heads >= 1, "model.n_heads", f"must be a positive integer, got {m.n_heads}.")
     _need(

@@ -70,10 +70,39 @@ def device_info() -> dict:
     return info
 
 
+def redact_url(url: str) -> str:
+    """The storage URL without its password (also as a ?password= query parameter)."""
+    if "://" not in url or url.startswith(("sqlite:", "journal:")):
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        return url.split("://", 1)[0] + "://***"
+    u = u.set(query={k: v for k, v in u.query.items() if "password" not in k.lower()})
+    return u.render_as_string(hide_password=True)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Command-line arguments with the password of any URL in them (storage=...) removed."""
+    out = []
+    for arg in argv:
+        if "://" in arg:
+            key, eq, value = arg.partition("=")
+            if eq and "://" not in key:
+                arg = f"{key}={redact_url(value)}"
+            else:
+                arg = redact_url(arg)
+        out.append(arg)
+    return out
+
+
 def provenance() -> dict:
     return {
         "git": git_info(),
         "versions": versions(),
         "device": device_info(),
-        "argv": sys.argv,
+        "argv": redact_argv(sys.argv),
     }

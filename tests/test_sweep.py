@@ -110,6 +110,7 @@ def test_rerunning_a_finished_study_adds_nothing():
     assert main(["sweep", str(TINY), "--workers", "1", "seeds=[0,1]"]) == 0
     study = load()
     assert len(study.trials) == 2 * len(before)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert [(t.number, t.state, t.value) for t in study.trials[: len(before)]] == before
 
 

@@ -23,7 +23,7 @@ from lab.report.fmt import (
 from lab.report.protocol import protocol_section
 from lab.report.study import StudyAnalysis
 from lab.stats import best_per_cost, cheapest_within_best, knee_point, pareto_front
-from lab.study.attrs import GIT_ATTR, PROVENANCE_ATTR, THREADS_ATTR
+from lab.study.attrs import GIT_ATTR, PROVENANCE_ATTR, THREADS_ATTR, trial_pair
 from lab.study.spec import Ablation
 from lab.study.storage import redact_url
 
@@ -260,7 +260,7 @@ def environment(sa: StudyAnalysis) -> list[str]:
     revs: dict[str, int] = defaultdict(int)
     dirty = False
     threads = set()
-    wall = 0.0
+    wall, counted = 0.0, set()
     starts, ends = [], []
     for t in trials:
         g = t.user_attrs.get(GIT_ATTR) or {}
@@ -269,7 +269,8 @@ def environment(sa: StudyAnalysis) -> list[str]:
             dirty |= bool(g.get("dirty"))
         if t.user_attrs.get(THREADS_ATTR):
             threads.add(t.user_attrs[THREADS_ATTR])
-        if t.state == TrialState.COMPLETE:
+        if t.state == TrialState.COMPLETE and trial_pair(t) not in counted:  # each pair once
+            counted.add(trial_pair(t))
             wall += float(t.user_attrs.get("wall_time_s") or 0)
         if t.datetime_start:
             starts.append(t.datetime_start)

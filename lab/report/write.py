@@ -81,18 +81,19 @@ def write_report(path: str, overrides: list[str] | None = None, quiet: bool = Fa
 def print_results(abl: Ablation) -> None:
     """The results table of a study on stdout."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     study = load_existing_study(abl)
     sa = StudyAnalysis(abl, study)
-    table = Table(title=f"{abl.study}: {sa.objective} ({int(sa.confidence * 100)}% CI over seeds)",
+    table = Table(title=f"{escape(abl.study)}: {sa.objective} ({int(sa.confidence * 100)}% CI over seeds)",
                   header_style="bold")
     for col in ("setting", "n", "mean ± CI", "params", "depth", "FLOPs/tok", "latency/tok",
                 "KV/tok"):
         table.add_column(col, justify="left" if col == "setting" else "right")
     for s in sa.stats:
         c = s.costs
-        table.add_row(setting_label(s), f"{s.n}", fmt_ci(s, sa.objective), fmt_num(c.get("params")),
+        table.add_row(escape(setting_label(s)), f"{s.n}", fmt_ci(s, sa.objective), fmt_num(c.get("params")),
                       fmt_num(c.get("effective_depth")), fmt_num(c.get("flops_per_token")),
                       fmt_time(c.get("latency_s_per_token")), fmt_bytes(c.get("kv_bytes_per_token")))
     Console(width=None if sys.stdout.isatty() else 140).print(table)

@@ -50,8 +50,19 @@ TUNED_ATTR = "lab.tuned"  # {setting: {params, value, points, trials, pruned, st
 LATENCY_ATTR = "lab.latency"  # paired latency rounds: {"rounds", "seconds": {setting: [...]}}
 TUNE_OF_ATTR = "lab.tune_of"  # on a tuning study: the main study it tunes for
 
+# Seeds are suggested as an integer over this range (grid studies), so that asking for more
+# seeds later keeps the distribution compatible; studies made before stored a categorical.
+SEED_LOW, SEED_HIGH = 0, 2**31 - 1
+
+# Fail reasons ("<kind>: <detail>"), by how a pair that failed so is treated:
 INTERRUPTED = "interrupted"  # the fail reason of a trial until it ends otherwise
-FINAL_FAILURES = ("diverged",)  # fail reasons that are results: never retried
+FINAL_FAILURES = ("diverged",)  # results: never retried
+TRANSIENT_FAILURES = (INTERRUPTED,)  # killed or interrupted: retried on every start
+# Anything else (out of memory, config error, corrupt checkpoint, cannot resume, timeout,
+# error) fails the same way again: retried once, then the pair is final.
+OOM, CONFIG_ERROR, CORRUPT_CHECKPOINT, TIMEOUT, ERROR = (
+    "out of memory", "config error", "corrupt checkpoint", "timeout", "error")
+DETERMINISTIC_ATTEMPTS = 2  # attempts after which a deterministic failure is final
 
 
 # Optuna categorical choices must be scalars; lists and mappings travel as JSON strings.
@@ -93,6 +104,50 @@ def is_done(trial) -> bool:
         return True
     reason = trial.user_attrs.get(FAIL_ATTR) or ""
     return trial.state == TrialState.FAIL and reason.startswith(FINAL_FAILURES)
+
+
+def stored_seed_choices(trials) -> list | None:
+    """The seed choices of a study that stored `seed` as a categorical (older studies), else None.
+
+    Optuna checks a new trial's distribution against the first one stored for the name.
+    """
+    from optuna.distributions import CategoricalDistribution
+
+    for t in sorted(trials, key=lambda t: t.number):
+        dist = t.distributions.get("seed")
+        if dist is not None:
+            return list(dist.choices) if isinstance(dist, CategoricalDistribution) else None
+    return None
+
+
+def is_deterministic_failure(trial) -> bool:
+    """Failed for a reason that a retry repeats (not a result, not an interruption)."""
+    from optuna.trial import TrialState
+
+    reason = trial.user_attrs.get(FAIL_ATTR) or ""
+    return (trial.state == TrialState.FAIL and bool(reason)
+            and not reason.startswith(FINAL_FAILURES + TRANSIENT_FAILURES))
+
+
+def final_pairs(trials) -> dict[str, str | None]:
+    """Pairs that need no more attempts, with the fail reason of those that end failed
+    (None: completed, pruned). A deterministic failure is final after one retry."""
+    out: dict[str, str | None] = {}
+    failures: dict[str, list[str]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        key = trial_pair(t)
+        if key is None:
+            continue
+        if is_done(t):
+            reason = t.user_attrs.get(FAIL_ATTR) if t.state.name == "FAIL" else None
+            if key not in out or reason is None:  # a completion outranks a divergence
+                out[key] = reason
+        elif is_deterministic_failure(t):
+            failures.setdefault(key, []).append(t.user_attrs[FAIL_ATTR])
+    for key, reasons in failures.items():
+        if key not in out and len(reasons) >= DETERMINISTIC_ATTEMPTS:
+            out[key] = reasons[-1]
+    return out
 
 
 def trial_seed(trial) -> int | None:

@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 from typing import Any
 
 from lab.errors import LabError
 from lab.provenance import git_info
 from lab.study.attrs import (
     AXIS_ATTR,
+    CONFIG_ERROR,
+    CORRUPT_CHECKPOINT,
     CURVE_ATTR,
+    ERROR,
     FAIL_ATTR,
     FIRST_TRIAL_ATTR,
     GIT_ATTR,
     GROUP_ATTR,
     INTERRUPTED,
     METRIC_PREFIX,
+    OOM,
     QUEUED_ATTR,
+    SEED_HIGH,
+    SEED_LOW,
     SETTING_ATTR,
     SPURIOUS_ATTR,
     THREADS_ATTR,
+    TIMEOUT,
     TUNED_PARAMS_ATTR,
     WORKER_ATTR,
     decode,
@@ -31,14 +41,76 @@ from lab.study.queue import worker_identity
 from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
 from lab.study.tune import TUNE_GROUP, point_label, tune_objective_key, tuned_params
-from lab.train import train
+from lab.train import CheckpointError, train
 from lab.train.data import EVAL_SPLITS
 
 
 class TrialFailed(Exception):
     """A trial that ran but failed (diverged, or an error inside training)."""
 
-def suggest(trial, space: tuple, seeds: list[int]) -> dict[str, Any]:
+def failure_reason(e: BaseException) -> str:
+    """`<kind>: <detail>` for an exception out of training; the kind says whether a retry can
+    help (lab.study.attrs: interrupted is retried, the kinds here fail the same way again)."""
+    import torch
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, CheckpointError):
+        kind = CORRUPT_CHECKPOINT
+    elif isinstance(e, TrialTimeout):
+        kind = TIMEOUT
+    elif isinstance(e, torch.OutOfMemoryError | MemoryError) or any(
+            m in str(e) for m in ("out of memory", "can't allocate memory", "alloc_cpu")):
+        kind = OOM
+    elif isinstance(e, LabError):
+        kind = CONFIG_ERROR
+    else:
+        kind, text = ERROR, f"{type(e).__name__}: {text}"
+    return f"{kind}: {text or type(e).__name__}"
+
+
+class TrialTimeout(Exception):
+    """The trial ran longer than the ablation's trial_timeout."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise TrialTimeout in this (main) thread after `seconds` (SIGALRM; POSIX only)."""
+    if not seconds or not hasattr(signal, "setitimer") or (
+            threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TrialTimeout(f"the trial ran longer than trial_timeout={seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def ignored(signum, frame) -> None:
+    """A handler that does nothing. Unlike SIG_IGN it cannot race with a signal that arrived
+    just before it was installed (Python raises OSError "ignored due to race condition")."""
+
+
+def ignore_stop_signals() -> None:
+    """From the first interrupt on, ignore further ones (SIGINT, SIGTERM): they must not cut
+    short its bookkeeping (failing the trial with its reason, stopping the workers)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                signal.signal(s, ignored)
+
+
+def suggest(trial, space: tuple, seeds: list[int], seed_choices: list | None = None,
+            sampled: bool = False) -> dict[str, Any]:
+    """The trial's parameters. The seed is an integer over a fixed wide range (grid studies:
+    the queue fixes its value, and more seeds later stay compatible), the stored choices of a
+    study that recorded it as a categorical, or a choice among `seeds` (sampled studies)."""
     params: dict[str, Any] = {}
 
     def walk(entries):
@@ -55,8 +127,19 @@ def suggest(trial, space: tuple, seeds: list[int]) -> dict[str, Any]:
                 params[e.key] = trial.suggest_float(e.key, e.low, e.high, step=e.step, log=e.log)
 
     walk(space)
-    params["seed"] = trial.suggest_categorical("seed", seeds)
+    if seed_choices is not None:
+        params["seed"] = trial.suggest_categorical("seed", seed_choices)
+    elif sampled:
+        params["seed"] = trial.suggest_categorical("seed", seeds)
+    else:
+        params["seed"] = trial.suggest_int("seed", SEED_LOW, SEED_HIGH)
     return params
+
+def run_slug(label: str) -> str:
+    """A setting's label as part of a directory name: `lr=1e+06` -> `lr-1e+06` (a '+' is kept:
+    turned into '-' it would name another value)."""
+    slug = "".join(c if c.isalnum() or c == "+" else "-" for c in label).strip("-")
+    return "-".join(filter(None, slug.split("-")))
 
 def setting_label(abl: Ablation, params: dict[str, Any]) -> tuple[str, str, float | None]:
     p = {k: v for k, v in params.items() if k != "seed"}
@@ -101,7 +184,7 @@ def pruning_callback(trial, monitor: str, prune: bool = True):
     return StepPruning(trial, monitor=monitor)
 
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
-                   tune_setting: Setting | None = None):
+                   tune_setting: Setting | None = None, seed_choices: list | None = None):
     """The objective of the measured trials, or of one setting's tuning trials."""
     import optuna
 
@@ -117,7 +200,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         except optuna.TrialPruned:
             trial.set_user_attr(FAIL_ATTR, None)
             raise
-        except SystemExit:  # Lightning exits on Ctrl-C; to Optuna this is an interrupt
+        except (SystemExit, KeyboardInterrupt):
+            # Lightning exits on Ctrl-C; to Optuna this is an interrupt. From here on, further
+            # interrupts are ignored, so that Optuna can record the trial as failed.
+            ignore_stop_signals()
             raise KeyboardInterrupt from None
         trial.set_user_attr(FAIL_ATTR, None)
         return value
@@ -132,7 +218,8 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         steps = None
         if tune_setting is None:
-            params = suggest(trial, abl.space, abl.seeds)
+            params = suggest(trial, abl.space, abl.seeds, seed_choices,
+                             sampled=abl.sampler != "grid")
             seed = params.pop("seed")
             label, group, axis = setting_label(abl, params)
             tuned = tuned_params(trial.study, label)
@@ -153,9 +240,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         if axis is not None:
             trial.set_user_attr(AXIS_ATTR, axis)
         first = trial.user_attrs.get(FIRST_TRIAL_ATTR, trial.number)
-        slug = "".join(c if c.isalnum() or c in ".+" else "-" for c in
-                       (label if tune_setting is None else f"{tune_setting.label}-{label}"))
-        slug = "-".join(filter(None, slug.strip("-").split("-")))
+        slug = run_slug(label if tune_setting is None else f"{tune_setting.label}-{label}")
         version = f"{first:04d}-{slug}-seed{seed}"
         retry = first != trial.number
         cfg = abl.config({**params, **tuned}, seed)
@@ -173,17 +258,16 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
             abl.tune is not None and abl.tune.pruner != "none")
         callbacks = [pruning_callback(trial, objective_key, prune=prune)]
         try:
-            res = train(cfg, save_dir=runs_dir, name=name, version=version,
-                        callbacks=callbacks, progress=False, eval_splits=splits,
-                        hparams=trial_hparams(abl, cfg, label), hparam_domain=domain)
+            with time_limit(abl.trial_timeout):
+                res = train(cfg, save_dir=runs_dir, name=name, version=version,
+                            callbacks=callbacks, progress=False, eval_splits=splits,
+                            hparams=trial_hparams(abl, cfg, label), hparam_domain=domain)
         except optuna.TrialPruned:
             raise
-        except LabError as e:
-            trial.set_user_attr(FAIL_ATTR, f"error: {e}")
-            raise TrialFailed(str(e)) from None
-        except Exception as e:
-            trial.set_user_attr(FAIL_ATTR, f"error: {type(e).__name__}: {e}")
-            raise TrialFailed(str(e)) from e
+        except (LabError, Exception) as e:
+            reason = failure_reason(e)
+            trial.set_user_attr(FAIL_ATTR, reason)
+            raise TrialFailed(reason) from None
         for k, v in record(res).items():
             trial.set_user_attr(k, v)
         if res.status != "ok":

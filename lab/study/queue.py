@@ -28,19 +28,25 @@ from lab.study.attrs import (
     QUEUED_ATTR,
     SETTING_ATTR,
     WORKER_ATTR,
-    is_done,
+    final_pairs,
     pair_key,
     pair_params,
     trial_pair,
 )
 from lab.study.spec import Ablation
-from lab.study.storage import file_lock, lock_path_for, trial_id
+from lab.study.storage import queue_lock, trial_id
+
+HOST_ENV = "LAB_HOST"  # names this machine instead of its hostname (tests simulate hosts)
+
+
+def host_name() -> str:
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 def worker_identity() -> dict[str, Any]:
     """What names this worker process: host, pid and the process's start time."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": psutil.Process(pid).create_time()}
+    return {"host": host_name(), "pid": pid, "start": psutil.Process(pid).create_time()}
 
 
 def alive(ident: dict) -> bool:
@@ -66,7 +72,7 @@ def reclaim_dead_local_trials(study, storage) -> list[int]:
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
+    host = host_name()
     requeued = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         ident = t.user_attrs.get(WORKER_ATTR, t.user_attrs.get(CLAIM_ATTR))
@@ -98,7 +104,7 @@ def queue_missing(study, abl_or_items: Ablation | list[QueueItem]) -> tuple[int,
 
     items = pair_items(abl_or_items) if isinstance(abl_or_items, Ablation) else abl_or_items
     trials = study.get_trials(deepcopy=False)
-    done = {trial_pair(t) for t in trials if is_done(t)}
+    done = set(final_pairs(trials))
     pending = {trial_pair(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     first_attempt = first_attempts(trials)
     n_new = n_done = 0
@@ -128,9 +134,10 @@ def first_attempts(trials) -> dict[str, int]:
     return first
 
 
+
 def reclaim_and_requeue(study, storage, abl: Ablation,
                         items: list[QueueItem] | None = None) -> list[int]:
-    with file_lock(lock_path_for(abl.storage)):
+    with queue_lock(abl.storage, storage, study.study_name):
         dead = reclaim_dead_local_trials(study, storage)
         if dead:
             queue_missing(study, abl if items is None else items)
@@ -148,4 +155,4 @@ def count_done(trials, abl_or_items: Ablation | list[QueueItem]) -> int:
         return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
     items = pair_items(abl_or_items) if isinstance(abl_or_items, Ablation) else abl_or_items
     wanted = {pair_key(pair_params(p, seed)) for _, _, p, seed in items}
-    return len({trial_pair(t) for t in trials if is_done(t)} & wanted)
+    return len(set(final_pairs(trials)) & wanted)

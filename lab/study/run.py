@@ -7,6 +7,7 @@ on the report: data flows from the study to the report, never back.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,13 +26,19 @@ from lab.study.attrs import (
     BASE_CONFIG_ATTR,
     CREATED_ATTR,
     FAIL_ATTR,
+    FINAL_FAILURES,
     FINGERPRINT_ATTR,
     IDENTITY_ATTR,
     PROVENANCE_ATTR,
     SETTING_ATTR,
     SPURIOUS_ATTR,
     TASK_ATTR,
+    final_pairs,
+    pair_key,
+    pair_params,
+    stored_seed_choices,
 )
+from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
     has_work,
@@ -39,8 +46,15 @@ from lab.study.queue import (
     reclaim_and_requeue,
     reclaim_dead_local_trials,
 )
-from lab.study.spec import Ablation, load_ablation
-from lab.study.storage import file_lock, lock_path_for, open_storage, redact_url
+from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
+from lab.study.storage import (
+    PARENT_ENV,
+    STORAGE_ENV,
+    open_storage,
+    queue_lock,
+    redact_url,
+    storage_errors,
+)
 from lab.study.tune import freeze_choices, open_tune_study, tune_items
 from lab.train.run import task_record
 
@@ -81,8 +95,13 @@ def create_or_load_study(abl: Ablation, storage=None):
         study.set_user_attr(TASK_ATTR, {**task_record(task), "causal": bool(task.causal)})
         study.set_user_attr(PROVENANCE_ATTR, provenance())
         study.set_user_attr(CREATED_ATTR, time.time())
+    elif old != fp and canonical(stored_identity(study)) == canonical(ident):
+        # Made when fewer keys were in the identity, with the values it has now: migrate.
+        study.set_user_attr(FINGERPRINT_ATTR, fp)
+        study.set_user_attr(IDENTITY_ATTR, ident)
+        check_seeds(study, abl)
     elif old != fp:
-        prev = study.user_attrs.get(IDENTITY_ATTR, {})
+        prev = stored_identity(study)
         raise LabError(
             f"study '{abl.study}' in {redact_url(abl.storage)} was created with a different "
             f"{first_difference(prev, ident)}. Resuming would mix incomparable trials. Start a new "
@@ -90,12 +109,43 @@ def create_or_load_study(abl: Ablation, storage=None):
             f"(rm {abl.storage[len('sqlite:///'):]} for the default SQLite storage)."
         )
     else:
+        check_seeds(study, abl)
         # Seeds may grow between runs; keep the latest list for the report.
         meta = dict(study.user_attrs.get(ABLATION_ATTR, {}))
         if meta.get("seeds") != abl.seeds:
             meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(abl.seeds))
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
+
+def stored_identity(study) -> dict:
+    """The study's stored identity; for a study made when fewer keys were in the identity,
+    with those keys added at the values it ran with (its stored base config, else the
+    defaults of that time)."""
+    prev = study.user_attrs.get(IDENTITY_ATTR)
+    if not isinstance(prev, dict) or not isinstance(prev.get("base"), dict):
+        return prev if isinstance(prev, dict) else {}
+    ran_with = flatten(study.user_attrs.get(BASE_CONFIG_ATTR) or {})
+    added = {k: ran_with.get(k, default) for k, default in ADDED_IDENTITY_KEYS.items()
+             if k not in prev["base"]}
+    return {**prev, "base": {**prev["base"], **added}}
+
+def canonical(x) -> str:
+    return json.dumps(json.loads(json.dumps(x, default=str)), sort_keys=True)
+
+def check_seeds(study, abl: Ablation) -> None:
+    """A study that stored its seed as a fixed categorical (made before seeds were integers)
+    can run only the seeds it was made with."""
+    choices = stored_seed_choices(study.get_trials(deepcopy=False))
+    if choices is None:
+        return
+    extra = sorted(set(abl.seeds) - set(choices))
+    if extra or (abl.sampler != "grid" and set(abl.seeds) != set(choices)):
+        raise LabError(
+            f"study '{abl.study}' was made by an older version of the lab, which fixed its seeds "
+            f"to {choices}; it cannot run seeds={abl.seeds}"
+            + (f" (new: {extra})" if extra else "") + ". Run the new seeds in a new study "
+            f"(study={abl.study}-v2 seeds={abl.seeds}), or keep seeds within {choices}."
+        )
 
 def first_difference(a: dict, b: dict) -> str:
     fa, fb = flatten(a), flatten(b)
@@ -117,7 +167,8 @@ def load_existing_study(abl: Ablation):
         )
     storage = open_storage(abl.storage, heartbeat=False)
     try:
-        return optuna.load_study(study_name=abl.study, storage=storage)
+        with storage_errors(abl.storage):
+            return optuna.load_study(study_name=abl.study, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise LabError(
@@ -132,39 +183,73 @@ def default_workers(abl: Ablation, requested: int | None, threads: int = 1) -> i
     return max(1, int(n))
 
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
-    """Run (or resume) a study: its tuning phase if it has one, then the measured trials."""
+    """Run (or resume) a study: its tuning phase if it has one, then the measured trials.
+    SIGTERM stops it like Ctrl-C, workers included."""
+    received: list[int] = []
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    abl = load_ablation(path, overrides)
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: SIGTERM stays as it is
+        previous = None
+    try:
+        with storage_errors(abl.storage):
+            return sweep(abl, overrides, workers, received)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
+          received: list[int]) -> int:
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
-    abl = load_ablation(path, overrides)
     storage = open_storage(abl.storage)
     study = create_or_load_study(abl, storage)
-    argv = [str(abl.path), *(overrides or [])]
+    # The storage URL (it may hold a password) reaches workers by environment, never argv.
+    argv = [str(abl.path), *(o for o in overrides or [] if not o.startswith("storage="))]
     if abl.tune is not None:
         tuning = [(open_tune_study(abl, s, storage), tune_items(abl)) for s in abl.settings()]
         points = len(abl.tune.grid())
         shape = (f"{len(tuning)} settings x {points} points x {len(abl.tune.seeds)} tuning "
                  f"seed(s), {abl.tune.budget:g}x the steps, pruner {abl.tune.pruner}")
         rc = run_phase(console, abl, storage, f"{abl.study} (tuning)", shape, tuning,
-                       [*argv, "--phase", "tune"], workers)
-        if rc:
+                       [*argv, "--phase", "tune"], workers, received)
+        if rc not in (0, 1):
             return rc
         tuned = freeze_choices(abl, study, storage)
         for label, t in tuned.items():
             chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                for k, v in t["params"].items()) or "nothing completed"
-            console.print(f"  tuned {escape(label)}: {escape(chosen)}")
+            console.print(f"  tuned {escape(label)}: {escape(chosen)}", highlight=False)
         if any(not t["params"] for t in tuned.values()):
             console.print("[red]a setting has no completed tuning trial; run the same command "
                           "again to resume.[/red]")
             return 1
     shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
              else f"sampled by {abl.sampler}")
-    return run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, workers)
+    rc = run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, workers,
+                   received)
+    if rc:
+        return rc
+    failed = failed_for_good(study, abl)
+    if failed:
+        console.print(f"[red]{len(failed)} trials failed for good[/red] (each failed the same "
+                      "way when retried; running again will not help):")
+        for label, seed, reason in failed:
+            console.print(f"  {escape(label)}, seed {seed}: {escape(reason)}", highlight=False)
+        console.print("Fix the cause, then run those pairs in a new study (study=<new-name>).")
+        return 1
+    return 0
 
 
-def run_phase(console, abl: Ablation, storage, title: str, shape: str,
-              studies: list[tuple], argv: list[str], workers: int | None) -> int:
+def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: list[tuple],
+              argv: list[str], workers: int | None, received: list[int]) -> int:
     """Queue what is missing in `studies` ((study, items); items None = the ablation's
     pairs), start workers, show progress until they finish. Returns an exit code."""
     from rich.progress import (
@@ -179,8 +264,8 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str,
     def work(items):
         return abl if items is None else items
 
-    with file_lock(lock_path_for(abl.storage)):
-        for st, items in studies:
+    for st, items in studies:
+        with queue_lock(abl.storage, storage, st.study_name):  # atomic across machines too
             reclaim_dead_local_trials(st, storage)
             if abl.sampler == "grid":
                 queue_missing(st, work(items))
@@ -212,7 +297,7 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str,
                       MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                       TimeRemainingColumn(), console=console, transient=False) as progress:
             bar = progress.add_task(escape(title), total=total, completed=done)
-            procs = [spawn_worker(argv) for _ in range(n_workers)]
+            procs = [spawn_worker(argv, abl.storage) for _ in range(n_workers)]
             respawns = 0
             while True:
                 time.sleep(1.0)
@@ -231,17 +316,24 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str,
                             reclaim_and_requeue(st, storage, abl, items)
                     if any(has_work(st) for st, _ in studies) and respawns < 3 * n_workers:
                         need = n_workers - len(alive)
-                        alive += [spawn_worker(argv) for _ in range(need)]
+                        alive += [spawn_worker(argv, abl.storage) for _ in range(need)]
                         respawns += need
                     procs = alive
                 if not procs:
                     break
             progress.update(bar, completed=n_done())
     except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (`kill`, `timeout`): stop the workers, whose trials fail as
+        # interrupted; a worker that could not say so is failed here. A second signal must
+        # not cut this short (the workers would be orphaned).
+        ignore_stop_signals()
         stop_workers(procs)
+        with contextlib.suppress(Exception):
+            for st, _ in studies:
+                reclaim_dead_local_trials(st, storage)
         console.print(f"[yellow]interrupted[/yellow]: {n_done()}/{total} trials done; run the "
                       "same command again to resume.")
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)
     console.print(f"{escape(title)} finished in {time.time() - t0:.0f}s")
     missing = total - n_done()
     if missing > 0:
@@ -249,21 +341,35 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str,
             f"[red]{missing} of {total} trials did not complete: the workers stopped "
             f"(see the messages above). Run the same command again to resume.[/red]"
         )
-        if not any(t.state.name == "COMPLETE" for st, _ in studies
-                   for t in st.get_trials(deepcopy=False)):
-            return 1
+        return 1
     return 0
 
 
-def spawn_worker(argv: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
+    """(setting, seed, reason) of the pairs whose last attempt failed for a reason other than
+    divergence (a result) and that will not be retried."""
+    if abl.sampler != "grid":
+        return []
+    final = final_pairs(study.get_trials(deepcopy=False))
+    out = []
+    for setting, seed in abl.pairs():
+        reason = final.get(pair_key(pair_params(setting.params, seed)))
+        if reason is not None and not reason.startswith(FINAL_FAILURES):
+            out.append((setting.label, seed, reason))
+    return out
+
+
+def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage,
+                                                     PARENT_ENV: str(os.getpid())})
     return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
+
 
 def stop_workers(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)  # workers stop on it as on Ctrl-C
     deadline = time.time() + 30
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -271,11 +377,13 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
         if p.poll() is None:
             p.kill()
 
+
 def trial_line(t, abl: Ablation) -> str:
+    """One trial as console markup; every text from the user or an exception is escaped."""
     from optuna.trial import TrialState
 
     label = escape(str(t.user_attrs.get(SETTING_ATTR, "?")))
-    seed = t.params.get("seed", "?")
+    seed = escape(str(t.params.get("seed", "?")))
     wall = t.user_attrs.get("wall_time_s")
     wall_s = f" {wall:.0f}s" if isinstance(wall, int | float) else ""
     if t.state == TrialState.COMPLETE:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,18 @@ import yaml
 from lab.config import LabConfig, flatten, load_config, parse_overrides, read_yaml_mapping, to_dict
 from lab.errors import ConfigError, LabError
 from lab.provenance import REPO
-from lab.study.attrs import decode
+from lab.study.attrs import SEED_HIGH, SEED_LOW, decode
 from lab.study.sections import AnalysisSpec, TuneSpec, parse_analysis, parse_tune
 from lab.study.space import Choice, Setting, expand, fmt_value, parse_space, short_key
 
 ABLATION_KEYS = {
     "name", "description", "base", "overrides", "space", "axis", "seeds", "objective",
     "direction", "sampler", "n_trials", "pruner", "storage", "study", "workers", "analysis",
-    "question", "tune",
+    "question", "tune", "trial_timeout",
 }
 
 STUDY_KEYS = {"storage", "study", "seeds", "workers", "n_trials", "sampler", "pruner",
-              "objective", "direction"}
+              "objective", "direction", "trial_timeout"}
 
 
 OBJECTIVES = {
@@ -54,9 +55,26 @@ OBJECTIVES = {
 }
 MINIMIZED = ("loss", "bpb")  # objectives whose default direction is minimize
 
-# Keys that cannot change a trial's result: left out of the study's identity.
-NON_IDENTITY_KEYS = ("seed", "name", "resume", "out_dir", "train.threads", "train.progress",
-                     "train.accelerator", "train.devices", "train.strategy", "train.precision")
+# Config keys left out of the study's identity, each with the reason it cannot change a
+# trial's result. Every other config key is part of the identity (tests/test_robust.py walks
+# the config dataclasses to keep it so): a study never mixes trials run differently.
+NON_IDENTITY_KEYS = {
+    "seed": "the sweep sets it per trial (and records it as a parameter)",
+    "name": "the sweep names each run after its study and trial",
+    "resume": "the sweep sets it on retries, which resume from their checkpoint",
+    "out_dir": "where runs are written (the sweep passes its runs directory)",
+    "train.threads": "the sweep sets it per worker and records it on each trial (lab.threads)",
+    "train.progress": "display only; the sweep turns it off",
+}
+# Keys added to the identity after studies were made: the value each had then (the stored
+# fingerprint of an older study is migrated when these hold these values, see
+# lab.study.run.migrate_identity).
+ADDED_IDENTITY_KEYS = {
+    "train.accelerator": "auto", "train.devices": 1, "train.strategy": "auto",
+    "train.precision": "auto",
+    "train.decay_fraction": 0.2,  # the wsd schedule's decay (unused by cosine and constant)
+    "eval.solve_threshold": 0.95,  # per-difficulty summaries
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +104,7 @@ class Ablation:
     workers: int | None
     analysis: dict[str, Any] = field(default_factory=dict)  # the keys given (AnalysisSpec)
     tune: TuneSpec | None = None
+    trial_timeout: float | None = None  # seconds; a longer trial fails with reason timeout
 
     # ---------------------------------------------------------------- configs
     def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
@@ -150,8 +169,12 @@ class Ablation:
                  "direction": self.direction, "sampler": self.sampler}
         if self.tune is not None:  # absent from studies without tuning: their ids are unchanged
             ident["tune"] = self.tune.spec()
-        blob = json.dumps(ident, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16], ident
+        return identity_hash(ident), ident
+
+
+def identity_hash(ident: dict) -> str:
+    blob = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 def _resolve_path(p: str, rel_to: Path) -> Path:
     path = Path(p)
@@ -188,8 +211,15 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     for o in overrides or []:
         parse_overrides([o])  # checks the key=value form
         key, _, value = o.partition("=")
+        if key == "seed":
+            raise LabError("override 'seed': a sweep sets each trial's seed from 'seeds'; give "
+                           "seeds=[...] instead.")
         if key in STUDY_KEYS:
-            study_over[key] = value if key in ("storage", "study") else yaml.safe_load(value)
+            try:
+                study_over[key] = value if key in ("storage", "study") else yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                detail = (getattr(e, "problem", None) or str(e).splitlines()[0]).strip()
+                raise LabError(f"override '{key}': its value is not valid YAML ({detail}).") from None
         else:
             config_over.append(o)
     raw = {**raw, **study_over}
@@ -204,6 +234,8 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     ov = raw.get("overrides") or {}
     if not isinstance(ov, dict):
         raise LabError(f"ablation '{path}': 'overrides' must be a mapping of config keys.")
+    if "seed" in ov:
+        raise LabError(f"ablation '{path}': 'overrides' sets 'seed'; list seeds under 'seeds:'.")
     overrides_nested = _nest(ov)
     if "space" not in raw:
         raise LabError(f"ablation '{path}' has no 'space': name at least one config key to vary.")
@@ -211,8 +243,22 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int):
         seeds = list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise LabError(f"ablation '{path}': 'seeds' must be a non-empty list of integers.")
+    if len(set(seeds)) != len(seeds):
+        dup = next(s for s in seeds if seeds.count(s) > 1)
+        raise LabError(f"ablation '{path}': 'seeds' lists seed {dup} more than once.")
+    if not all(SEED_LOW <= s <= SEED_HIGH for s in seeds):
+        bad = next(s for s in seeds if not SEED_LOW <= s <= SEED_HIGH)
+        raise LabError(f"ablation '{path}': 'seeds' must be between {SEED_LOW} and {SEED_HIGH}, "
+                       f"got {bad}.")
+    trial_timeout = raw.get("trial_timeout")
+    if trial_timeout is not None and not (
+            isinstance(trial_timeout, int | float) and not isinstance(trial_timeout, bool)
+            and math.isfinite(trial_timeout) and trial_timeout > 0):
+        raise LabError(f"ablation '{path}': 'trial_timeout' must be a positive number of "
+                       f"seconds, got {trial_timeout!r}.")
     objective = str(raw.get("objective", "val/acc_token"))
     if objective not in OBJECTIVES:
         raise LabError(
@@ -244,6 +290,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         pruner=None if pruner in (None, "none") else pruner, storage=storage, study=study,
         workers=workers, analysis=parse_analysis(raw.get("analysis"), str(path)),
         tune=parse_tune(raw.get("tune"), seeds, str(path)),
+        trial_timeout=trial_timeout,
     )
     if abl.tune is not None and abl.sampler != "grid":
         raise LabError(f"ablation '{path}': tune needs sampler: grid (settings x seeds).")

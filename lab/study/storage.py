@@ -17,8 +17,13 @@ from typing import Any
 import filelock
 
 from lab.errors import LabError
+from lab.provenance import redact_url as redact_url  # re-exported: the storage API
 
 HEARTBEAT_S, GRACE_S = 10, 60
+# How `lab sweep` hands its storage URL to its workers: by environment, so that a password in
+# it never shows in a process list.
+STORAGE_ENV = "LAB_STORAGE_URL"
+PARENT_ENV = "LAB_SWEEP_PID"  # the `lab sweep` process a worker must not outlive
 
 
 def file_lock(path: str) -> filelock.FileLock:
@@ -41,6 +46,38 @@ class LockedRDBStorage:
         with file_lock(self.lock_path):
             return super().set_trial_state_values(trial_id, state, values)
 
+
+@contextlib.contextmanager
+def queue_lock(url: str, storage=None, study_name: str = ""):
+    """Serialise the queue step (reading which pairs are missing, enqueueing them) across
+    every process on the study: the file lock for this machine's processes, and on
+    PostgreSQL (an advisory lock) or MySQL (GET_LOCK) a lock held in the database, since
+    sweeps on other machines share the study and a local file cannot stop them."""
+    with file_lock(lock_path_for(url)):
+        engine = getattr(storage, "engine", None)
+        dialect = getattr(getattr(engine, "dialect", None), "name", "")
+        if dialect not in ("postgresql", "mysql"):
+            yield
+            return
+        from sqlalchemy import text
+
+        digest = hashlib.sha256(f"lab-queue:{study_name}".encode()).digest()
+        if dialect == "postgresql":
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            take, params = "SELECT pg_advisory_lock(:k)", {"k": key}
+            give = "SELECT pg_advisory_unlock(:k)"
+        else:
+            take, params = "SELECT GET_LOCK(:k, 3600)", {"k": f"lab-queue-{digest.hex()[:40]}"}
+            give = "SELECT RELEASE_LOCK(:k)"
+        with engine.connect() as conn:
+            conn.execute(text(take), params)
+            conn.commit()
+            try:
+                yield
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.execute(text(give), params)
+                    conn.commit()
 
 def lock_path_for(url: str) -> str:
     if url.startswith("sqlite:///"):
@@ -77,7 +114,8 @@ def open_storage(url: str, heartbeat: bool = True):
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.name.startswith("file:") and not str(path).startswith("file:"):  # a URI
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 120}}
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} \
@@ -96,6 +134,9 @@ def open_storage(url: str, heartbeat: bool = True):
             'For PostgreSQL: pip install "psycopg[binary]" (the postgres extra of the lab).'
         ) from None
     except Exception as e:  # sqlalchemy errors: bad URL, unreachable server, bad credentials
+        problem = storage_problem(e, url)
+        if problem is not None:
+            raise problem from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LabError(
             f"cannot open storage '{redact_url(url)}': {msg}. Check the URL "
@@ -104,6 +145,54 @@ def open_storage(url: str, heartbeat: bool = True):
         ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def storage_problem(e: BaseException, url: str) -> LabError | None:
+    """A storage failure (corrupt or read-only database) as one clear message, or None if `e`
+    is not one. The database driver's error is searched along the exception's causes."""
+    texts, seen = [], e
+    while seen is not None and len(texts) < 6:
+        texts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(texts).lower()
+    where = redact_url(url)
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+    if any(m in text for m in ("malformed", "not a database", "file is encrypted",
+                               "database corrupt", "disk i/o error")):
+        recover = (f" or recover what is readable: sqlite3 {path} .recover | sqlite3 "
+                   f"{path}.recovered && mv {path}.recovered {path}" if path else "")
+        return LabError(f"storage '{where}' is corrupt ({_first_line(e, text)}). Restore it "
+                        f"from a backup,{recover or ' or repair it with the database tools'}; "
+                        "then run the same command again.")
+    if any(m in text for m in ("readonly database", "read-only", "read only",
+                               "attempt to write", "permission denied")):
+        return LabError(f"storage '{where}' is read-only ({_first_line(e, text)}): the lab "
+                        "writes to its study (and SQLite a journal file beside the database). "
+                        "Make the file and its folder writable, or copy it somewhere writable "
+                        "and give storage=sqlite:///COPY.db.")
+    return None
+
+
+def _first_line(e: BaseException, text: str) -> str:
+    for m in ("database disk image is malformed", "file is not a database",
+              "attempt to write a readonly database", "disk i/o error"):
+        if m in text:
+            return m
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@contextlib.contextmanager
+def storage_errors(url: str):
+    """Turn a corrupt or read-only storage into a LabError (exit 2, with the way out)."""
+    try:
+        yield
+    except LabError:
+        raise
+    except Exception as e:
+        problem = storage_problem(e, url)
+        if problem is None:
+            raise
+        raise problem from None
+
 
 def create_storage(cls, url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 6):
     """Create the storage, retrying when another process creates the same tables right now.
@@ -126,21 +215,6 @@ def create_storage(cls, url: str, engine_kwargs: dict, kwargs: dict, attempts: i
                 raise
             time.sleep(0.5 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def redact_url(url: str) -> str:
-    """The storage URL without its password (also as a ?password= query parameter)."""
-    if "://" not in url or url.startswith(("sqlite:", "journal:")):
-        return url
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except (ArgumentError, ValueError):
-        return url.split("://", 1)[0] + "://***"
-    u = u.set(query={k: v for k, v in u.query.items() if "password" not in k.lower()})
-    return u.render_as_string(hide_password=True)
 
 
 @contextlib.contextmanager

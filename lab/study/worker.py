@@ -6,33 +6,81 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
 
-from lab.study.attrs import CLAIM_ATTR, FAIL_ATTR, INTERRUPTED
-from lab.study.objective import TrialFailed, make_objective
-from lab.study.queue import count_done, reclaim_and_requeue, worker_identity
+from lab.study.attrs import (
+    CLAIM_ATTR,
+    FAIL_ATTR,
+    INTERRUPTED,
+    is_deterministic_failure,
+    stored_seed_choices,
+)
+from lab.study.objective import TrialFailed, ignore_stop_signals, make_objective
+from lab.study.queue import count_done, queue_missing, reclaim_and_requeue, worker_identity
 from lab.study.run import sampler_and_pruner
 from lab.study.spec import load_ablation
-from lab.study.storage import file_lock, lock_path_for, open_storage, quiet_optuna, trial_id
+from lab.study.storage import (
+    PARENT_ENV,
+    STORAGE_ENV,
+    file_lock,
+    lock_path_for,
+    open_storage,
+    queue_lock,
+    quiet_optuna,
+    trial_id,
+)
 from lab.study.tune import open_tune_study, tune_items
 from lab.train import quiet_lightning
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+stopping: list[int] = []  # the signal that stopped this worker, once one has
+
 
 def interrupt_once() -> None:
-    """Raise KeyboardInterrupt on the first SIGINT and ignore later ones.
+    """Raise KeyboardInterrupt on the first SIGINT or SIGTERM and ignore later ones.
 
     Ctrl-C reaches a worker twice (from the terminal's process group and from `lab sweep`
-    stopping its workers); a second interrupt must not cut short the bookkeeping of the first.
+    stopping its workers). Lightning's teardown re-installs this handler after it had
+    ignored SIGINT, so the handler itself also ignores every signal after the first.
     """
 
     def handler(signum, frame):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if stopping:
+            return
+        stopping.append(signum)
+        ignore_stop_signals()
         raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background sweep ignores it
-        signal.signal(signal.SIGINT, handler)
+    for s in STOP_SIGNALS:
+        # A background sweep ignores SIGINT: keep it so.
+        if s != signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN:
+            signal.signal(s, handler)
+
+
+def die_with_parent(parent: int | None) -> None:
+    """Stop (as on SIGTERM) when `lab sweep` dies, however it dies: Linux's parent-death
+    signal, and a thread that checks the parent is still there (other systems, and a parent
+    that died before the signal was armed)."""
+    import ctypes
+    import threading
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    ppid = parent or os.getppid()
+
+    def watch():
+        while True:
+            if os.getppid() != ppid:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="lab-parent-watch", daemon=True).start()
+
 
 @contextlib.contextmanager
 def warnings_off():
@@ -46,9 +94,6 @@ def worker_main(argv: list[str]) -> int:
     """Entry point of one worker process: pop queued trials until none are left."""
     import argparse
 
-    import optuna
-    from optuna.trial import TrialState
-
     ap = argparse.ArgumentParser(prog="lab-worker")
     ap.add_argument("ablation")
     ap.add_argument("--threads", type=int, default=1)
@@ -57,12 +102,30 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
+    storage_url = os.environ.pop(STORAGE_ENV, None)
+    if storage_url:
+        args.overrides.append(f"storage={storage_url}")
     interrupt_once()
+    parent = os.environ.pop(PARENT_ENV, None)
+    die_with_parent(int(parent) if parent and parent.isdigit() else None)
+    try:
+        return work(args)
+    except KeyboardInterrupt:
+        return 128 + (stopping[0] if stopping else signal.SIGINT)
+
+
+def work(args) -> int:
+    """Pop queued trials until none are left (or run a sampled study's trials)."""
+    import optuna
+    from optuna.trial import TrialState
+
     quiet_lightning()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     abl = load_ablation(args.ablation, args.overrides)
     storage = open_storage(abl.storage)
-    # The study's own sampler and pruner: load_study's defaults (TPE, median) are not ours.
+    # The sweep reports each trial; Optuna's own warnings (an interrupted trial's traceback)
+    # would only repeat it. The study's own sampler and pruner: load_study's defaults
+    # (TPE, median) are not ours.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=abl.study, storage=storage, **sampler_and_pruner(abl))
     lock = file_lock(lock_path_for(abl.storage))
     held = {"n": 0}
@@ -77,12 +140,14 @@ def worker_main(argv: list[str]) -> int:
             lock.release()
             held["n"] -= 1
 
+    seeds = stored_seed_choices(study.get_trials(deepcopy=False))
     if args.phase == "tune":
         drain([(open_tune_study(abl, setting, storage), tune_items(abl),
-                make_objective(abl, args.threads, args.runs, release=release, tune_setting=setting))
+                make_objective(abl, args.threads, args.runs, release=release,
+                               tune_setting=setting))
                for setting in abl.settings()], storage, abl, acquire, release)
         return 0
-    objective = make_objective(abl, args.threads, args.runs, release=release)
+    objective = make_objective(abl, args.threads, args.runs, release=release, seed_choices=seeds)
     if abl.sampler == "tpe":
         from optuna.study import MaxTrialsCallback
 
@@ -130,6 +195,15 @@ def drain(queues: list[tuple], storage, abl, acquire, release) -> None:
             study.optimize(objective, n_trials=1, catch=(TrialFailed,))
         finally:
             release()
+        if is_deterministic_failure(storage.get_trial(claimed)):
+            # Retried once now (from its checkpoint); failing again makes the pair final.
+            items = next(i for s, i, _ in queues if s is study)
+            with queue_lock(abl.storage, storage, study.study_name):
+                queue_missing(study, abl if items is None else items)
+        if is_deterministic_failure(storage.get_trial(claimed)):
+            # Retried once now (from its checkpoint); failing again makes the pair final.
+            with queue_lock(abl.storage, storage, abl.study):
+                queue_missing(study, abl)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,23 @@ def plan_record(plan: StackPlan, cfg: LabConfig) -> dict:
     }
 
 
+class CheckpointError(LabError):
+    """A checkpoint to resume from that cannot be read (corrupt, truncated, or not weights)."""
+
+
+def check_checkpoint(path: Path) -> None:
+    """Read the checkpoint as weights only (tensors and plain containers: loading it cannot
+    run code) before Lightning does, so a corrupt or tampered one fails with its reason."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"cannot resume from {path}: the checkpoint cannot be read as weights ({detail}). "
+            "Delete it to start the run afresh."
+        ) from None
+
+
 def check_resume_config(run_dir: Path, cfg: LabConfig) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -169,6 +186,7 @@ def train(
     run_dir = Path(logger.log_dir)
     if resume_from:
         check_resume_config(run_dir, cfg)
+        check_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     (run_dir / "provenance.json").write_text(json.dumps(
@@ -223,7 +241,7 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
                        plan=plan_record(plan, cfg))
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except Diverged as e:
         result.status, result.reason = "diverged", str(e)
     result.wall_time_s = time.perf_counter() - t0
