@@ -63,8 +63,11 @@ def sampler_and_pruner(abl: Ablation) -> dict:
     """The sampler and pruner of the main study: every process that opens it uses these."""
     import optuna
 
+    # Grid studies queue every trial with its parameters; the sampler only answers a worker
+    # that finds the queue empty (a spurious trial, pruned at once). A brute-force sampler
+    # would enumerate the seed's integer range after every trial.
     sampler = (optuna.samplers.TPESampler(seed=abl.seeds[0]) if abl.sampler == "tpe"
-               else optuna.samplers.BruteForceSampler(seed=0))
+               else optuna.samplers.RandomSampler(seed=0))
     pruner = {"median": optuna.pruners.MedianPruner(n_warmup_steps=1),
               "hyperband": optuna.pruners.HyperbandPruner()}.get(abl.pruner or "",
                                                                  optuna.pruners.NopPruner())
