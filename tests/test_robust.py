@@ -292,7 +292,8 @@ def assert_stopped_cleanly(workers, timeout=45.0):
     trials = load("tiny").trials
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert failed and all(t.user_attrs["lab.fail_reason"].startswith("interrupted") for t in failed)
+    reasons = [t.user_attrs.get("lab.fail_reason") for t in failed]
+    assert failed and all(str(r).startswith("interrupted") for r in reasons), reasons
 
 
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])

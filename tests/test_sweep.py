@@ -399,3 +399,22 @@ def test_width_study_report_lists_each_settings_shape(tmp_path):
              "model.match_params={width_profile: uniform}"]))
         shape = f"{' '.join(map(str, plan.widths))} / {' '.join(map(str, plan.hidden))}"
         assert f"width_profile={profile}: {shape}" in line
+
+
+def test_report_accounts_for_every_setting_failure_and_missing_pair(tmp_path):
+    """A setting that diverged on every seed, and pairs never run, are named in the report:
+    the failures with their reasons, the settings the verdict could not judge, and the table
+    lists every setting of the ablation."""
+    body = ("overrides: {train.grad_clip: 0, train.log_every: 1, eval.cost: false}\n"
+            "space: {train.lr: [1.0e+30, 0.003, 0.001]}\nseeds: [0, 1]\n")
+    abl = debug_ablation(tmp_path, "acct", body)
+    assert main(["sweep", str(abl), "--workers", "1"]) == 0
+    md = Path("reports/acct/report.md").read_text()
+    assert "## Failures and missing trials" in md
+    assert "2 pair(s) failed for good" in md and "diverged" in md
+    assert "Not judged (no completed seed): lr=1e+30 (2 failed)" in md
+    # Asking for a third seed without running it: the report counts the missing pairs.
+    assert main(["report", str(abl), "seeds=[0,1,2]"]) == 0
+    md = Path("reports/acct/report.md").read_text()
+    assert "3 pairs not completed yet" in md and "3 pair(s) have not completed yet" in md
+    assert "Judged on fewer seeds than asked: lr=0.003 (2 of 3 done, 1 not run yet)" in md

@@ -9,6 +9,7 @@ import yaml
 
 from lab.report.commands import make_command, rerun_command
 from lab.report.difficulty import difficulty_section
+from lab.report.failures import failures_section, pair_status, verdict_caveats
 from lab.report.figures import Figure
 from lab.report.fmt import (
     fmt_bytes,
@@ -61,7 +62,8 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
         f"- seeds: {', '.join(map(str, seeds))}; objective: `{sa.objective}` ({sa.direction}); "
         f"{sa.n_complete} completed trials, {n_pruned} pruned, {n_failed} failed"
         + (f", {sa.notes['retried']} interrupted attempts re-run" if sa.notes.get("retried") else "")
-        + (f", {sa.notes['running']} still running or queued" if sa.notes.get("running") else ""),
+        + (f", {outstanding} pairs not completed yet" if (outstanding := sum(
+            r["state"] == "outstanding" for r in pair_status(sa))) else ""),
         "- every setting shares the base config below; only the swept keys differ "
         f"({', '.join(f'`{k}`' for k in swept_keys(abl))}). Unique parameters, effective depth and "
         "FLOPs per token are in the table, so matched quantities can be checked.",
@@ -88,6 +90,7 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
     if "axis" in figures:
         lines += image("objective vs axis", figures["axis"])
     lines += verdict_section(sa, verdicts)
+    lines += failures_section(sa)
     lines += difficulty_section(sa, figures)
     lines += protocol_section(sa, verdicts, figures)
     lines += cost_section(sa, figures)
@@ -125,6 +128,11 @@ def results_table(sa: StudyAnalysis) -> str:
             fmt_bytes(c.get("kv_bytes_per_token")), fmt_ci(s, sa.objective),
             f"{s.n} / {s.n_pruned} / {s.n_failed}",
         ])
+    # Every setting of the ablation appears, run or not.
+    seen = {s.setting for s in sa.stats}
+    for label in dict.fromkeys(r["setting"] for r in pair_status(sa)):
+        if label not in seen:
+            rows.append([label, *["-"] * 5, "not run", "0 / 0 / 0"])
     return md_table(headers, rows)
 
 
@@ -132,7 +140,8 @@ def verdict_section(sa: StudyAnalysis, verdicts: list) -> list[str]:
     """Every arm's verdict, the arms at equal effective depth, and the second opinions."""
     lines = ["## Verdict", ""]
     for g, v in verdicts:
-        lines.append(f"- {(g + ': ') if g and len(verdicts) > 1 else ''}{v.sentence}")
+        lines.append(f"- {(g + ': ') if g and len(verdicts) > 1 else ''}{v.sentence}"
+                     f"{verdict_caveats(sa, g)}")
     md = sa.matched_depth()
     if md:
         g0 = sa.primary_group()

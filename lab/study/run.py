@@ -190,21 +190,29 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
     SIGTERM stops it like Ctrl-C, workers included."""
     received: list[int] = []
 
-    def on_sigterm(signum, frame):
+    def on_stop(signum, frame):
+        # The first Ctrl-C or SIGTERM interrupts; later ones (a second Ctrl-C while the
+        # workers are being stopped) must not cut the cleanup short.
+        if received:
+            return
         received.append(signum)
         raise KeyboardInterrupt
 
     abl = load_ablation(path, overrides)
-    try:
-        previous = signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: SIGTERM stays as it is
-        previous = None
+    previous = {}
+    for s in (signal.SIGTERM, signal.SIGINT):
+        try:
+            if s == signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN:
+                continue  # a background sweep ignores Ctrl-C: keep it so
+            previous[s] = signal.signal(s, on_stop)
+        except ValueError:  # not the main thread: the signal stays as it is
+            pass
     try:
         with storage_errors(abl.storage):
             return sweep(abl, overrides, workers, received)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,

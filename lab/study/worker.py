@@ -54,6 +54,13 @@ def interrupt_once() -> None:
         ignore_stop_signals()
         raise KeyboardInterrupt
 
+    def unraisable(u):
+        # The interrupt can land in a callback whose exceptions Python only prints (a
+        # weakref finalizer): it is not lost, drain() stops at the next trial boundary.
+        if not isinstance(u.exc_value, KeyboardInterrupt):
+            sys.__unraisablehook__(u)
+
+    sys.unraisablehook = unraisable
     for s in STOP_SIGNALS:
         # A background sweep ignores SIGINT: keep it so.
         if s != signal.SIGINT or signal.getsignal(s) is not signal.SIG_IGN:
@@ -167,6 +174,8 @@ def drain(queues: list[tuple], storage, abl, acquire, release) -> None:
     from optuna.trial import TrialState
 
     while True:
+        if stopping:  # an interrupt that landed where it could not be raised
+            raise KeyboardInterrupt
         for study, items, _ in queues:
             reclaim_and_requeue(study, storage, abl, items)
         acquire()
