@@ -25,7 +25,7 @@ from lab.report.protocol import protocol_section
 from lab.report.study import StudyAnalysis
 from lab.stats import best_per_cost, cheapest_within_best, knee_point, pareto_front
 from lab.study.attrs import GIT_ATTR, PROVENANCE_ATTR, THREADS_ATTR, trial_pair
-from lab.study.spec import Ablation
+from lab.study.hparams import swept_keys
 from lab.study.storage import redact_url
 
 
@@ -300,19 +300,6 @@ def environment(sa: StudyAnalysis) -> list[str]:
         f"- training wall time (sum over completed trials): {wall / 60:.1f} min"
         + (f"; study span (first start to last finish): {span / 60:.1f} min" if span else ""),
     ]
-
-
-def swept_keys(abl: Ablation) -> list[str]:
-    keys: list[str] = []
-
-    def walk(space):
-        for e in space:
-            keys.append(e.key)
-            for sub in (getattr(e, "arms", None) or {}).values():
-                walk(sub)
-
-    walk(abl.space)
-    return list(dict.fromkeys(keys))
 
 
 def shape_lines(sa: StudyAnalysis) -> list[str]:

@@ -12,23 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from lab.config import LabConfig, flatten, to_dict
-from lab.study.space import Choice, Range, range_values
+from lab.study.space import Choice, Range, range_values, space_keys
 from lab.study.spec import Ablation
 from lab.train.tensorboard import hparam_value, run_hparams
 
 
 def swept_keys(abl: Ablation) -> list[str]:
-    """Every config key of the space, arms' sub-spaces included, in file order."""
-    keys: list[str] = []
-
-    def walk(space):
-        for e in space:
-            keys.append(e.key)
-            for sub in (getattr(e, "arms", None) or {}).values():
-                walk(sub)
-
-    walk(abl.space)
-    return list(dict.fromkeys(keys))
+    """Every config key the ablation sweeps, arms' sub-spaces included, in file order."""
+    return space_keys(abl.space)
 
 
 def _add(domain: dict[str, list], key: str, value: Any) -> None:

@@ -118,3 +118,17 @@ def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+def space_keys(space: tuple) -> list[str]:
+    """Every config key of a space, arms' sub-spaces included, in file order."""
+    keys: list[str] = []
+
+    def walk(entries):
+        for e in entries:
+            keys.append(e.key)
+            for sub in (getattr(e, "arms", None) or {}).values():
+                walk(sub)
+
+    walk(space)
+    return list(dict.fromkeys(keys))
