@@ -296,7 +296,7 @@ def assert_stopped_cleanly(workers, timeout=45.0):
     assert failed and all(str(r).startswith("interrupted") for r in reasons), reasons
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+@pytest.mark.parametrize("how", ["sigterm", pytest.param("sigkill", marks=pytest.mark.slow)])
 def test_parent_killed_stops_its_workers(how):
     proc = start_sweep(TINY, "--workers", "2", "train.steps=400", "study=tiny")
     workers = running_with_workers(proc)
@@ -309,7 +309,7 @@ def test_parent_killed_stops_its_workers(how):
     assert_stopped_cleanly(workers)
 
 
-@pytest.mark.parametrize("gap", [0.2, 1.5])
+@pytest.mark.parametrize("gap", [pytest.param(0.2, marks=pytest.mark.slow), 1.5])
 def test_ctrl_c_twice_leaves_no_running_trial_and_no_traceback(gap):
     proc = start_sweep(TINY, "--workers", "2", "train.steps=400", "study=tiny")
     workers = running_with_workers(proc)

@@ -240,7 +240,7 @@ def test_paths_from_the_command_line(tmp_path):
     assert sum(t2.provenance()["files"].values()) == 2 * sum(t1.provenance()["files"].values())
     with pytest.raises(LabError) as e:
         load_config(overrides=["task.name=text", "task.include=*.txt"])
-    assert "Quote" in str(e.value)
+    assert "quote" in str(e.value).lower()
 
 
 def test_default_corpus_is_the_stdlib():

@@ -12,10 +12,10 @@ from lab.report.fmt import fmt_bytes, fmt_ci, fmt_num, fmt_time, setting_label
 from lab.report.html import write_html
 from lab.report.markdown import write_markdown
 from lab.report.study import StudyAnalysis
-from lab.study.attrs import FINGERPRINT_ATTR, IDENTITY_ATTR
-from lab.study.run import first_difference, load_existing_study
+from lab.study.attrs import FINGERPRINT_ATTR
+from lab.study.run import canonical, first_difference, load_existing_study, stored_identity
 from lab.study.spec import Ablation, load_ablation
-from lab.study.storage import redact_url
+from lab.study.storage import redact_url, storage_errors
 
 
 def report_dir(abl: Ablation) -> Path:
@@ -30,7 +30,9 @@ def check_fingerprint(abl: Ablation, study, force: bool = False) -> str | None:
     fp, ident = abl.fingerprint()
     if stored is None or stored == fp:
         return None
-    what = first_difference(study.user_attrs.get(IDENTITY_ATTR, {}), ident)
+    if canonical(stored_identity(study)) == canonical(ident):
+        return None  # made when fewer keys were in the identity, at the values it has now
+    what = first_difference(stored_identity(study), ident)
     if not force:
         raise LabError(
             f"study '{abl.study}' in {redact_url(abl.storage)} was not made from {abl.path}: "
@@ -48,9 +50,10 @@ def write_report(path: str, overrides: list[str] | None = None, quiet: bool = Fa
 
     console = Console(stderr=True, soft_wrap=True)
     abl = load_ablation(path, overrides or [])
-    study = load_existing_study(abl)
-    mismatch = check_fingerprint(abl, study, force)
-    sa = StudyAnalysis(abl, study)
+    with storage_errors(abl.storage):  # a corrupt or read-only storage: one clear message
+        study = load_existing_study(abl)
+        mismatch = check_fingerprint(abl, study, force)
+        sa = StudyAnalysis(abl, study)
     if sa.n_complete == 0:
         raise LabError(
             f"study '{abl.study}' has no completed trials "

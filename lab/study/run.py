@@ -212,7 +212,9 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
             return sweep(abl, overrides, workers, received)
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            # Once stopped, the sweep is on its way out: a late Ctrl-C must not turn its exit
+            # code into a traceback or a kill.
+            signal.signal(s, signal.SIG_IGN if received else h)
 
 
 def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
