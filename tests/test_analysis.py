@@ -302,7 +302,7 @@ def test_minimize_loss_levels_off():
     # Gains are improvements: a drop in loss is positive.
     assert v.gains[0].diff == pytest.approx(0.5)
     assert v.gains[0].low > 0
-    assert "4 layers improves by +0.0 nats" in v.sentence
+    assert "4 layers improves by +0.005 nats (95% CI +0.003 to +0.007)" in v.sentence
     # Read as maximization the same curve is a different story, so direction matters.
     as_max = curve_verdict(stats, name=layers)
     assert as_max.best == "1 layers" and as_max.saturation == "1 layers"

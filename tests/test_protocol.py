@@ -235,3 +235,21 @@ def test_paired_latency_pass_times_every_setting(tmp_path):
     assert result["rounds"] == 2 and result["mode"] == "full-sequence pass"  # debug: dense task
     assert sorted(result["seconds"]) == ["looped, loops=1", "looped, loops=2"]
     assert all(len(v) == 2 and min(v) > 0 for v in result["seconds"].values())
+
+
+def test_a_key_listed_differently_in_sibling_arms_keeps_one_distribution(tmp_path):
+    """model.loops is [1, 2] in one arm and [2] in another: every trial suggests it from the
+    union, so Optuna never sees a changed value space (it refused the study before)."""
+    body = TUNED.split("tune:")[0].replace(
+        "    looped: {model.loops: [1, 2]}",
+        "    looped:\n      model.injection:\n        add: {model.loops: [1, 2]}\n"
+        "        none: {model.loops: [2]}")
+    body = body.replace("axis: {looped: model.loops}", "axis: {looped/add: model.loops}")
+    path = write(tmp_path, body.replace("name: tuned", "name: sib"), "sib")
+    assert main(["sweep", str(path), "--workers", "1", "seeds=[0]"]) == 0
+    study = optuna.load_study(study_name="sib", storage="sqlite:///studies/sib.db")
+    assert sorted(t.user_attrs["lab.group"] for t in study.trials) == [
+        "looped/add", "looped/add", "looped/none"]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    assert {str(t.distributions["model.loops"]) for t in study.trials} == {
+        str(study.trials[0].distributions["model.loops"])}

@@ -97,9 +97,10 @@ def fmt_diff(d: float, lo: float, hi: float, scale: float) -> str:
     """A signed difference with its interval: '+1.2 (-0.3 to +2.7)'."""
     if not math.isfinite(d):
         return "-"
+    n = 1 if scale >= 100 else 3  # points to one decimal; raw units (bits per byte) to three
     if not math.isfinite(lo):
-        return f"{d * scale:+.1f}"
-    return f"{d * scale:+.1f} ({lo * scale:+.1f} to {hi * scale:+.1f})"
+        return f"{d * scale:+.{n}f}"
+    return f"{d * scale:+.{n}f} ({lo * scale:+.{n}f} to {hi * scale:+.{n}f})"
 
 
 def setting_label(s: SettingStats) -> str:

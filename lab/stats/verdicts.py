@@ -81,9 +81,20 @@ def improvement(
 # Sentence helpers
 
 
+def _decimals(scale: float) -> int:
+    """Points of accuracy read to one decimal; raw units (bits per byte, nats) to three."""
+    return 1 if scale >= 100 else 3
+
+
 def _num(x: float, scale: float) -> str:
-    v = round(x * scale, 1)
-    return f"{v + 0.0:+.1f}"  # + 0.0 turns -0.0 into 0.0
+    d = _decimals(scale)
+    v = round(x * scale, d)
+    return f"{v + 0.0:+.{d}f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _mag(x: float, scale: float) -> str:
+    """An unsigned magnitude (a minimum gain, a margin) at the scale's decimals."""
+    return f"{abs(x * scale):.{_decimals(scale)}f}"
 
 
 def _ci(lo: float, hi: float, o: VerdictOptions) -> str:
@@ -226,12 +237,12 @@ def curve_verdict(
                 "decide it at the spread seen so far" if n else
                 "more seeds would narrow it")
         lead = (f"Gains are shown up to {names[sat]}" if sat > 0 else
-                f"No setting shows a gain of at least {abs(o.min_gain * o.scale):.1f} {unit} "
+                f"No setting shows a gain of at least {_mag(o.min_gain, o.scale)} {unit} "
                 f"over {names[0]}")
         sentence = (
             f"Inconclusive: {lead}, but a worthwhile gain beyond it is not excluded "
             f"({names[k]} vs {names[sat]}: {_amount(d, lo, hi, o)}, whose upper bound reaches "
-            f"the minimum gain of {abs(o.min_gain * o.scale):.1f} {unit}); {need}."
+            f"the minimum gain of {_mag(o.min_gain, o.scale)} {unit}); {need}."
         )
         return CurveVerdict(sentence, False, "inconclusive", best, None, regressions, gains,
                             False, n)
@@ -244,7 +255,7 @@ def curve_verdict(
     if nxt not in regress:
         d, lo, hi = imp(sat, nxt)
         clauses.append(f"{names[nxt]} {verb} {_num(d, o.scale)} {unit} ({_ci(lo, hi, o)}), "
-                       f"below the minimum gain of {abs(o.min_gain * o.scale):.1f} {unit}")
+                       f"below the minimum gain of {_mag(o.min_gain, o.scale)} {unit}")
     if regress:
         first = regress[0]
         if len(regress) == 1:
@@ -305,7 +316,7 @@ def compare_verdict(
             widest = max(diffs, key=lambda k: max(-diffs[k][1], diffs[k][2]))
             return CompareVerdict(
                 f"Every {noun} is equivalent to {reference} within "
-                f"{margin * o.scale:.1f} {unit} (widest: {widest}, {_amount(*diffs[widest], o)}).",
+                f"{_mag(margin, o.scale)} {unit} (widest: {widest}, {_amount(*diffs[widest], o)}).",
                 True, "", best, diffs)
         top = max(diffs, key=lambda k: max(-diffs[k][1], diffs[k][2]))
         n = seeds_to_decide(ref.values, by_name[top].values, abs(diffs[top][0]), margin,
@@ -315,7 +326,7 @@ def compare_verdict(
         return unsupported(
             "inconclusive",
             f"Inconclusive: no {noun} differs significantly from {reference} or from another, "
-            f"but differences of {margin * o.scale:.1f} {unit} or more are not excluded "
+            f"but differences of {_mag(margin, o.scale)} {unit} or more are not excluded "
             f"({top}: {_amount(*diffs[top], o)}); {need}.",
         )
 
@@ -340,7 +351,7 @@ def compare_verdict(
         clauses.append(
             f"{best} is best, {_num(d, o.scale)} {unit} over {reference} "
             f"({_ci(lo, hi, o)}), but its interval does "
-            f"not clear the minimum gain of {abs(o.min_gain * o.scale):.1f} {unit}"
+            f"not clear the minimum gain of {_mag(o.min_gain, o.scale)} {unit}"
         )
         also = "also "
     elif not better and not worse:

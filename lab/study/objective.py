@@ -112,11 +112,24 @@ def suggest(trial, space: tuple, seeds: list[int], seed_choices: list | None = N
     the queue fixes its value, and more seeds later stay compatible), the stored choices of a
     study that recorded it as a categorical, or a choice among `seeds` (sampled studies)."""
     params: dict[str, Any] = {}
+    # A key that sibling arms list with different values (model.loops: [1, 2, 3, 4] in one
+    # arm, [4] in another) must keep one distribution across the study: the union of them.
+    choices: dict[str, list] = {}
+
+    def collect(entries):
+        for e in entries:
+            if isinstance(e, Choice):
+                seen = choices.setdefault(e.key, [])
+                seen += [x for x in (encode(v) for v in e.values) if x not in seen]
+                for sub in (e.arms or {}).values():
+                    collect(sub)
+
+    collect(space)
 
     def walk(entries):
         for e in entries:
             if isinstance(e, Choice):
-                v = trial.suggest_categorical(e.key, [encode(x) for x in e.values])
+                v = trial.suggest_categorical(e.key, choices[e.key])
                 params[e.key] = decode(v)
                 if e.arms:
                     walk(e.arms.get(decode(v), e.arms.get(v, ())))
