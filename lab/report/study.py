@@ -229,6 +229,11 @@ class StudyAnalysis:
         rows = self.matched_depth()
         if not rows:
             return None
+        # With several other arms, the sentence is about the one matched at the most depths
+        # (the equal-depth stack); the table lists every pairing.
+        others = [r["other_group"] for r in rows]
+        rows = [r for r in rows if r["other_group"] == max(dict.fromkeys(others),
+                                                          key=others.count)]
         conf = int(self.confidence * 100)
         g0, g1 = rows[0]["group"], rows[0]["other_group"]
         fin = [r for r in rows if math.isfinite(r["high"])]
@@ -250,7 +255,8 @@ class StudyAnalysis:
                          + ", ".join(r["name"] for r in better)
                          + f" ({'up to ' if len(better) > 1 else ''}{gap(better, max)})")
         if same:
-            parts.append(("and " if better else f"{g0} ") + f"keeps the accuracy of {g1} within "
+            what = "accuracy" if "acc" in self.objective else "objective"
+            parts.append(("and " if better else f"{g0} ") + f"keeps the {what} of {g1} within "
                          f"the {conf}% CI at " + ", ".join(r["name"] for r in same))
         if worse:
             parts.append(f"{'and ' if ok else g0 + ' '}is significantly worse at "
@@ -264,7 +270,7 @@ class StudyAnalysis:
             r, lo, hi = lat
             costs.append(f"{r:.2f}x the latency per token ({int(self.confidence * 100)}% CI "
                          f"{lo:.2f} to {hi:.2f}, paired timing)" if lo > 1 or hi < 1 else
-                         "no measurable latency difference (paired timing: "
+                         "the same latency per token within measurement (paired timing: "
                          f"{r:.2f}x, {int(self.confidence * 100)}% CI {lo:.2f} to {hi:.2f})")
         if last["kv_ratio"] is not None:
             costs.append(f"{last['kv_ratio']:.2f}x the KV bytes per token")
