@@ -37,25 +37,14 @@ def ablation(tmp_path, name: str, body: str, overrides: str = "eval.cost: false"
     return path
 
 
+from test_sweep import completed_pairs as completed  # noqa: E402 - shared sweep helpers
+from test_sweep import wait_for  # noqa: E402
+
+
 def load(name: str, url: str | None = None):
     return optuna.load_study(study_name=name, storage=url or f"sqlite:///studies/{name}.db")
 
 
-def completed(study) -> Counter:
-    return Counter((t.user_attrs["lab.setting"], t.params["seed"])
-                   for t in study.trials if t.state == TrialState.COMPLETE)
-
-
-def wait_for(cond, timeout=120.0, every=0.2):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        try:
-            if cond():
-                return True
-        except Exception:  # the study may not exist yet
-            pass
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def env(**extra) -> dict:
