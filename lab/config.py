@@ -91,9 +91,11 @@ class ModelConfig:
     )
     width_factor: float = 2.0
     widths: list[int] | None = None  # with width_profile=explicit: one width per layer
-    # How the residual stream changes width between blocks: learned linear map, or
-    # truncate / zero-pad.
-    resize: Literal["linear", "pad"] = "linear"
+    # How the residual stream changes width between blocks: learned linear map, truncate /
+    # zero-pad, or truncate / restore (parameter-free, as variable-width transformers do: the
+    # dimensions a narrow layer drops come back, untouched, when the stream widens again; each
+    # block's weights are initialised with std scaled by 1/sqrt(width); single-pass plans).
+    resize: Literal["linear", "pad", "restore"] = "linear"
     # Model keys that define a reference model (relative to this one); when set, d_model
     # (and, for the last 2%, mlp_ratio) are solved so unique parameters match it.
     match_params: dict[str, Any] | None = None

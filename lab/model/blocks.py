@@ -62,7 +62,11 @@ class Block(nn.Module):
 
 
 class Resize(nn.Module):
-    """Change the residual width: learned linear map, or truncate / zero-pad."""
+    """Change the residual width: learned linear map, or truncate / zero-pad.
+
+    Mode ``restore`` is truncate / zero-pad here too; a single-pass walk that carries a
+    :class:`Carry` restores the truncated dimensions instead of zeros (see :meth:`Carry.take`).
+    """
 
     def __init__(self, d_in: int, d_out: int, mode: str):
         super().__init__()
@@ -75,6 +79,31 @@ class Resize(nn.Module):
         if self.d_out < self.d_in:
             return h[..., : self.d_out]
         return F.pad(h, (0, self.d_out - self.d_in))
+
+
+class Carry:
+    """Parameter-free width restore (``model.resize=restore``), as variable-width transformers do.
+
+    Holds the latest value of every residual dimension seen so far in one pass. When the
+    stream narrows, the dropped dimensions stay here untouched; when it widens again they come
+    back from the last layer that had them (dimensions no earlier layer had start at zero).
+    """
+
+    def __init__(self, full: torch.Tensor | None = None):
+        self.full = full
+
+    def take(self, h: torch.Tensor, d_out: int) -> torch.Tensor:
+        """Record h (the stream at its current width) and return the stream at width d_out."""
+        d = h.shape[-1]
+        if self.full is None or self.full.shape[-1] <= d:
+            self.full = h
+        else:
+            self.full = torch.cat([h, self.full[..., d:]], dim=-1)
+        out = self.full[..., :d_out]
+        return F.pad(out, (0, d_out - out.shape[-1])) if out.shape[-1] < d_out else out
+
+    def fork(self) -> Carry:
+        return Carry(self.full)
 
 
 @dataclass

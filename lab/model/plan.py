@@ -240,6 +240,13 @@ def banded_plan(cfg: ModelConfig) -> StackPlan:
 def looped_plan(cfg: ModelConfig) -> StackPlan:
     a, b = resolve_band(cfg)
     widths = profile_widths(cfg)
+    if cfg.resize == "restore":
+        raise ConfigError(
+            "model.resize",
+            "'restore' carries the dimensions a narrow layer drops along one pass of distinct "
+            "layers; a looped band revisits its blocks, so use model.resize=linear or pad with "
+            "model.family=looped (or family uniform / banded for restore).",
+        )
     if cfg.bptt_loops is not None and cfg.loop_sampling == "fixed" and cfg.bptt_loops > cfg.loops:
         raise ConfigError(
             "model.bptt_loops",

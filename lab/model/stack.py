@@ -3,7 +3,9 @@
 Pre-norm transformer blocks (attention through ``scaled_dot_product_attention``), learned
 absolute positions, an untied output head. The executor walks ``plan.order(r)``; whenever
 the residual width changes between two consecutive blocks it applies the resize for that
-transition (a learned linear map, or truncate / zero-pad)::
+transition (a learned linear map, truncate / zero-pad, or truncate / restore: single-pass plans
+with ``resize="restore"`` carry the dropped dimensions in a :class:`~lab.model.blocks.Carry`
+and put them back when the stream widens again)::
 
     x ─ embed ─ prelude ─┬─ core ─ core ─ ... ─ core ─┬─ coda ─ norm ─ head ─ logits
                          e    (r loops; before loops 2..r: h += resize(e) when
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.model.blocks import Block, Resize, StackOutput
+from lab.model.blocks import Block, Carry, Resize, StackOutput
 from lab.model.plan import EMBED, StackPlan, check_loop_mode
 from lab.model.walks import parallel as parallel_walk
 from lab.model.walks import serial
@@ -60,6 +62,15 @@ class Stack(nn.Module):
         self.norm = nn.LayerNorm(plan.out_width)
         self.head = nn.Linear(plan.out_width, vocab_size, bias=False)
         self.apply(_init)
+        if plan.resize == "restore":
+            # Per-layer initialisation scaled to each width (fan-in: std ~ 1/sqrt(width)),
+            # relative to the embedding width; blocks at that width keep the default draw.
+            for w, b in zip(plan.widths, self.blocks, strict=True):
+                if w != plan.embed_width:
+                    std = 0.02 * (plan.embed_width / w) ** 0.5
+                    for mod in b.modules():
+                        if isinstance(mod, nn.Linear):
+                            nn.init.normal_(mod.weight, std=std)
         for b in self.blocks:
             if b.gate is not None:
                 nn.init.normal_(b.gate.weight, std=0.02)
@@ -70,9 +81,17 @@ class Stack(nn.Module):
         return LOOP_MODES[self.plan.loop_mode] if self.plan.looped else serial
 
     # ------------------------------------------------------------------ pieces of the walk
-    def move(self, h: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    def new_carry(self) -> Carry | None:
+        """The restore carry of one single-pass walk (None unless model.resize=restore)."""
+        return Carry() if self.plan.resize == "restore" and not self.plan.looped else None
+
+    def move(self, h: torch.Tensor, a: int, b: int, carry: Carry | None = None) -> torch.Tensor:
         key = _key(a, b)
-        return self.resizers[key](h) if key in self.resizers else h
+        if key not in self.resizers:
+            return h
+        if carry is not None:
+            return carry.take(h, self.plan.width_of(b))
+        return self.resizers[key](h)
 
     def embed_tokens(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         T = x.shape[1]
@@ -81,9 +100,10 @@ class Stack(nn.Module):
         pos = torch.arange(offset, offset + T, device=x.device)
         return self.embed(x) + self.pos(pos)  # (B, T, C0)
 
-    def run_blocks(self, h: torch.Tensor, prev: int, blocks: tuple[int, ...], caches=None):
+    def run_blocks(self, h: torch.Tensor, prev: int, blocks: tuple[int, ...], caches=None,
+                   carry: Carry | None = None):
         for b in blocks:
-            h = self.move(h, prev, b)
+            h = self.move(h, prev, b, carry)
             h = self.blocks[b](h, None if caches is None else caches.pop(0))
             prev = b
         return h, prev
@@ -95,12 +115,14 @@ class Stack(nn.Module):
         h, _ = self.run_blocks(h, prev, self.plan.coda)
         return self.logits_of(h)
 
-    def readout_layer(self, h: torch.Tensor, prev: int) -> torch.Tensor:
+    def readout_layer(self, h: torch.Tensor, prev: int, carry: Carry | None = None
+                      ) -> torch.Tensor:
         # Logit lens: carry the state through the remaining width changes, skip the blocks.
         order = self.plan.order()
         i = order.index(prev) if prev != EMBED else -1
+        carry = carry.fork() if carry is not None else None
         for b in order[i + 1 :]:
-            h = self.move(h, prev, b)
+            h = self.move(h, prev, b, carry)
             prev = b
         return self.logits_of(h)
 

@@ -22,14 +22,14 @@ def trace(m: Stack, x: torch.Tensor, r: int, keep: bool, bptt: int | None) -> St
     out = StackOutput(logits=None)  # type: ignore[arg-type]
     h = m.embed_tokens(x)
     if not plan.looped:
-        prev = EMBED
+        prev, carry = EMBED, m.new_carry()
         if keep:
             out.states.append(h)
         for b in plan.prelude:
-            h, prev = m.run_blocks(h, prev, (b,))
+            h, prev = m.run_blocks(h, prev, (b,), carry=carry)
             if keep:
                 out.states.append(h)
-                out.readouts.append(m.readout_layer(h, prev))
+                out.readouts.append(m.readout_layer(h, prev, carry))
                 out.grad.append(True)
         out.logits = out.readouts[-1] if keep else m.logits_of(h)
         return out
@@ -56,7 +56,7 @@ def decode(m: Stack, x: torch.Tensor, offset: int, cache: list, r: int) -> torch
     plan = m.plan
     queue = list(cache)
     h = m.embed_tokens(x, offset)
-    h, prev = m.run_blocks(h, EMBED, plan.prelude, queue)
+    h, prev = m.run_blocks(h, EMBED, plan.prelude, queue, m.new_carry())
     e, e_src = h, prev
     for i in range(r if plan.core else 0):
         h = m.loop_input(h, i, e, e_src)
