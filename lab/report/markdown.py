@@ -152,10 +152,17 @@ def verdict_section(sa: StudyAnalysis, verdicts: list) -> list[str]:
                  fmt_diff(r["diff"], r["low"], r["high"], sa.scale),
                  "-" if r["latency_ratio"] is None else
                  "{:.2f}x ({:.2f} to {:.2f})".format(*r["latency_ratio"]),
-                 "-" if r["kv_ratio"] is None else f"{r['kv_ratio']:.2f}x"] for r in md]
+                 "-" if r["kv_ratio"] is None else f"{r['kv_ratio']:.2f}x",
+                 "-" if r["recovered"] is None else f"{r['recovered']:.0%}"] for r in md]
         lines.append(md_table(["setting", "compared with", "eff. depth", "unique params",
                                f"difference ({int(sa.confidence * 100)}% CI)", "latency ratio",
-                               "KV ratio"], rows, "llrrrrr"))
+                               "KV ratio", "share of its gain"], rows, "llrrrrrr"))
+        bases = sorted({r["base"] for r in md if r["base"]})
+        if bases:
+            lines += ["", "Share of its gain: how much of the compared setting's gain over "
+                      f"{' / '.join(bases)} (the shallowest setting of the other arm at the "
+                      f"primary arm's shallowest depth) this setting recovers; '-' where that "
+                      "gain is not significant."]
         sentence = sa.arm_sentence()
         if sentence:
             lines += ["", sentence]

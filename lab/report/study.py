@@ -20,6 +20,7 @@ from lab.stats import (
     curve_verdict,
     diff_ci,
     ratio_ci,
+    signed,
     summarize,
 )
 from lab.study.attrs import (
@@ -192,19 +193,38 @@ class StudyAnalysis:
         return out
 
     def matched_depth(self) -> list[dict]:
-        """Across arms: each setting against the other arm's setting of equal effective depth."""
+        """Across arms: each setting against the other arm's setting of equal effective depth.
+
+        "recovered": the share of the other arm's gain that this setting recovers, both
+        measured from the other arm's setting at the primary arm's shallowest depth (for a
+        looped arm against a uniform one: the stack with the same unique parameters), i.e.
+        (this - base) / (other - base) in the direction of improvement; None where the other
+        arm's gain over the base is not significant (its interval includes 0).
+        """
         if len(self.groups) < 2:
             return []
         g0 = self.primary_group()
+        sign = 1.0 if self.direction == "maximize" else -1.0
+        done0 = [s for s in self.groups[g0] if s.n]
+        d0 = min((s.costs.get("effective_depth") or 0 for s in done0), default=None)
         rows = []
         for other in (g for g in self.groups if g != g0):
             by_depth = {s.costs.get("effective_depth"): s for s in self.groups[other] if s.n}
+            base = by_depth.get(d0)
             for s in self.groups[g0]:
                 o = by_depth.get(s.costs.get("effective_depth"))
                 if o is None or not s.n:
                     continue
                 diff, lo, hi = diff_ci(o.values, s.values, self.confidence)
+                recovered = None
+                if base is not None and o is not base:
+                    _, glo, ghi = diff_ci(base.values, o.values, self.confidence)
+                    gain = sign * (o.mean - base.mean)
+                    if gain > 0 and (glo > 0 or ghi < 0):
+                        recovered = sign * (s.mean - base.mean) / gain
                 rows.append({"setting": s.setting, "other": o.setting, "group": g0,
+                             "base": None if base is None else base.setting,
+                             "recovered": recovered,
                              "other_group": other, "name": axis_namer(axis_key(self.meta, g0))(s),
                              "depth": s.costs.get("effective_depth"), "diff": diff, "low": lo,
                              "high": hi, "params": s.costs.get("params"),
@@ -246,8 +266,8 @@ class StudyAnalysis:
         def gap(rs, pick):
             w = pick(rs, key=lambda r: r["diff"])
             at = f" at {w['name']}" if len(rs) > 1 else ""
-            return (f"{w['diff'] * self.scale:+.1f} {self.unit}{at}, CI "
-                    f"{w['low'] * self.scale:+.1f} to {w['high'] * self.scale:+.1f}")
+            return (f"{signed(w['diff'], self.scale)} {self.unit}{at}, CI "
+                    f"{signed(w['low'], self.scale)} to {signed(w['high'], self.scale)}")
 
         parts = []
         if better:
@@ -279,6 +299,11 @@ class StudyAnalysis:
         sentence = " ".join(parts)
         if costs:
             sentence += f"; at {last['name']} it needs " + ", ".join(costs) + f" of {g1}"
+        shares = [r for r in rows if r["recovered"] is not None]
+        if shares:
+            sentence += (f". Measured from {shares[0]['base']}, {g0} recovers "
+                         + ", ".join(f"{r['recovered']:.0%} at {r['name']}" for r in shares)
+                         + f" of the gain of {g1} at the same effective depth")
         return sentence + "."
 
     def summary(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from lab.stats.verdicts import (
     compare_verdict,
     curve_verdict,
     improvement,
+    signed,
 )
 
 __all__ = [
@@ -85,6 +86,7 @@ __all__ = [
     "knee_point",
     "mean_ci",
     "ratio_ci",
+    "signed",
     "pareto_front",
     "summarize",
     "t_quantile",

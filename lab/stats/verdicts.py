@@ -86,10 +86,12 @@ def _decimals(scale: float) -> int:
     return 1 if scale >= 100 else 3
 
 
-def _num(x: float, scale: float) -> str:
+def signed(x: float, scale: float) -> str:
+    """A signed difference at the scale's decimals: '+1.2' points, '-0.034' bits per byte."""
     d = _decimals(scale)
     v = round(x * scale, d)
     return f"{v + 0.0:+.{d}f}"  # + 0.0 turns -0.0 into 0.0
+
 
 
 def _mag(x: float, scale: float) -> str:
@@ -98,12 +100,12 @@ def _mag(x: float, scale: float) -> str:
 
 
 def _ci(lo: float, hi: float, o: VerdictOptions) -> str:
-    return f"{o.confidence * 100:g}% CI {_num(lo, o.scale)} to {_num(hi, o.scale)}"
+    return f"{o.confidence * 100:g}% CI {signed(lo, o.scale)} to {signed(hi, o.scale)}"
 
 
 def _amount(d: float, lo: float, hi: float, o: VerdictOptions) -> str:
     """'+1.2 points, 95% CI +0.3 to +2.1'."""
-    return f"{_num(d, o.scale)} {o.unit}, {_ci(lo, hi, o)}"
+    return f"{signed(d, o.scale)} {o.unit}, {_ci(lo, hi, o)}"
 
 
 def _join(names: list[str]) -> str:
@@ -136,14 +138,14 @@ def _no_verdict_reason(
     if chance is not None:
         if o.sign > 0 and all(s.ci_high < chance + o.min_gain for s in stats):
             edge = max(s.ci_high for s in stats)
-            bound = f"every upper {conf:g}% CI bound is at most {_num(edge, o.scale)}"
+            bound = f"every upper {conf:g}% CI bound is at most {signed(edge, o.scale)}"
         elif o.sign < 0 and all(s.ci_low > chance - o.min_gain for s in stats):
             edge = min(s.ci_low for s in stats)
-            bound = f"every lower {conf:g}% CI bound is at least {_num(edge, o.scale)}"
+            bound = f"every lower {conf:g}% CI bound is at least {signed(edge, o.scale)}"
         else:
             return None
         return "at chance", (
-            f"Every setting is at chance ({_num(chance, o.scale)} {o.unit}; {bound}): "
+            f"Every setting is at chance ({signed(chance, o.scale)} {o.unit}; {bound}): "
             "no verdict; the task is too hard for this budget."
         )
     return None
@@ -220,7 +222,7 @@ def curve_verdict(
         g = gains[-1]
         sentence = (
             f"Gains do not level off within the range: {names[last]} still {verb} "
-            f"{_num(g.diff, o.scale)} {unit} over {names[last - 1]} "
+            f"{signed(g.diff, o.scale)} {unit} over {names[last - 1]} "
             f"({_ci(g.low, g.high, o)})."
         )
         return CurveVerdict(sentence, True, "", best, None, regressions, gains, False)
@@ -254,14 +256,14 @@ def curve_verdict(
     nxt = best_i if best_i != sat else sat + 1
     if nxt not in regress:
         d, lo, hi = imp(sat, nxt)
-        clauses.append(f"{names[nxt]} {verb} {_num(d, o.scale)} {unit} ({_ci(lo, hi, o)}), "
+        clauses.append(f"{names[nxt]} {verb} {signed(d, o.scale)} {unit} ({_ci(lo, hi, o)}), "
                        f"below the minimum gain of {_mag(o.min_gain, o.scale)} {unit}")
     if regress:
         first = regress[0]
         if len(regress) == 1:
             d, lo, hi = to_best[first]
             clauses.append(
-                f"{names[first]} regresses ({_num(d, o.scale)} {unit} vs {best}, "
+                f"{names[first]} regresses ({signed(d, o.scale)} {unit} vs {best}, "
                 f"{_ci(lo, hi, o)})"
             )
         elif regress == list(range(first, last + 1)):
@@ -343,13 +345,13 @@ def compare_verdict(
     elif diffs[best][1] > o.min_gain:
         d, lo, hi = diffs[best]
         clauses.append(
-            f"{best} wins: {_num(d, o.scale)} {unit} over {reference} ({_ci(lo, hi, o)})"
+            f"{best} wins: {signed(d, o.scale)} {unit} over {reference} ({_ci(lo, hi, o)})"
         )
         also = "also "
     elif diffs[best][1] > 0:
         d, lo, hi = diffs[best]
         clauses.append(
-            f"{best} is best, {_num(d, o.scale)} {unit} over {reference} "
+            f"{best} is best, {signed(d, o.scale)} {unit} over {reference} "
             f"({_ci(lo, hi, o)}), but its interval does "
             f"not clear the minimum gain of {_mag(o.min_gain, o.scale)} {unit}"
         )
