@@ -177,11 +177,8 @@ class StudyAnalysis:
         for s in self.stats if stats is None else stats:
             by_group[s.group].append(s)
         groups = [self.primary_group()] + [g for g in self.groups if g != self.primary_group()]
-        for g in groups:
-            ss = [s for s in by_group[g] if s.n > 0] or by_group[g]
-            if not ss:
-                continue
-            if self.ordered(g):
+        for g, ss in verdict_sets(groups, by_group):
+            if g is not None and self.ordered(g):
                 v: CurveVerdict | CompareVerdict = curve_verdict(
                     ss, opts, name=axis_namer(axis_key(self.meta, g)))
             elif len(ss) > 1:
@@ -189,7 +186,7 @@ class StudyAnalysis:
                 v = compare_verdict(ss, ref, opts)
             else:
                 continue
-            out.append((g, v))
+            out.append((g or "", v))
         return out
 
     def matched_depth(self) -> list[dict]:
@@ -326,6 +323,26 @@ class StudyAnalysis:
             "arms": self.arm_sentence(),
             "notes": self.notes,
         }
+
+
+def verdict_sets(groups: list[str], by_group: dict[str, list[SettingStats]]
+                 ) -> list[tuple[str | None, list[SettingStats]]]:
+    """The sets of settings that get a verdict: each arm's completed settings (all of them
+    when none completed), in `groups` order. Arms of one setting each (nested arms down to
+    single settings, as in an ablation of a mechanism's parts) are pooled into one unordered
+    set, named None, compared together."""
+    singles = [g for g in groups if len(by_group.get(g, [])) == 1]
+    pool = len(singles) > 1
+    out: list[tuple[str | None, list[SettingStats]]] = []
+    for g in groups:
+        if pool and g in singles:
+            continue
+        ss = [s for s in by_group.get(g, []) if s.n > 0] or by_group.get(g, [])
+        if ss:
+            out.append((g, ss))
+    if pool:
+        out.append((None, [by_group[g][0] for g in singles]))
+    return out
 
 
 def _ratio(a: dict, b: dict, key: str) -> float | None:

@@ -122,7 +122,9 @@ class Ablation:
             varying = [k for k in params if len(self._values_of(k)) > 1 or k in self._arm_keys()]
             parts = []
             for k in varying:
-                parts.append(fmt_value(params[k]) if k in self._arm_keys() else
+                # An arm is named by its value ("looped"), a switch by key and value.
+                bare = k in self._arm_keys() and not isinstance(params[k], bool)
+                parts.append(fmt_value(params[k]) if bare else
                              f"{short_key(k)}={fmt_value(params[k])}")
             label = ", ".join(parts) or "base"
             axis_key = self.axis.get(group) or self.axis.get("")
