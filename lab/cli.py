@@ -133,6 +133,8 @@ def cmd_sweep(args) -> int:
         from lab.study.run import load_existing_study
 
         console.print("timing every setting's decode latency in paired rounds ...")
+        if abl.analysis_spec.context_costs is not None:
+            console.print("and its KV bytes and decode latency against context length ...")
         costpass.ensure(abl, load_existing_study(abl))
     try:
         print_results(abl)

@@ -8,6 +8,7 @@ from collections import defaultdict
 import yaml
 
 from lab.report.commands import make_command, rerun_command
+from lab.report.context import context_section
 from lab.report.difficulty import difficulty_section
 from lab.report.failures import failures_section, pair_status, verdict_caveats
 from lab.report.figures import Figure
@@ -94,6 +95,7 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
     lines += difficulty_section(sa, figures)
     lines += protocol_section(sa, verdicts, figures)
     lines += cost_section(sa, figures)
+    lines += context_section(sa.context_costs, figures)
     lines += why_section(figures)
     lines += ["## Environment", ""] + environment(sa) + [""]
     lines += [

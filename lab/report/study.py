@@ -28,6 +28,7 @@ from lab.study.attrs import (
     ADAPTIVE_ATTR,
     AXIS_ATTR,
     BASE_CONFIG_ATTR,
+    CONTEXT_ATTR,
     CURVE_ATTR,
     DIAGNOSTICS_ATTR,
     EXTRAPOLATION_ATTR,
@@ -142,6 +143,7 @@ class StudyAnalysis:
             (0.0, math.inf) if self.objective.endswith(("loss", "bpb")) else None)
         self.tuned = study.user_attrs.get(TUNED_ATTR) or {}
         self.paired_latency = study.user_attrs.get(LATENCY_ATTR)
+        self.context_costs = study.user_attrs.get(CONTEXT_ATTR)  # lab.eval.context
         self.records, self.notes = trial_records(study)
         self.stats = summarize(self.records, confidence=self.confidence, bounds=self.bounds)
         self.groups: dict[str, list[SettingStats]] = defaultdict(list)
@@ -322,6 +324,7 @@ class StudyAnalysis:
             "verdicts": {g: v.sentence for g, v in self.verdicts()},
             "arms": self.arm_sentence(),
             "notes": self.notes,
+            "context_costs": self.context_costs,
         }
 
 

@@ -48,6 +48,9 @@ PROVENANCE_ATTR = "lab.provenance"
 CREATED_ATTR = "lab.created"
 TUNED_ATTR = "lab.tuned"  # {setting: {params, value, points, trials, pruned, steps, ...}}
 LATENCY_ATTR = "lab.latency"  # paired latency rounds: {"rounds", "seconds": {setting: [...]}}
+# KV bytes and decode latency against context length (lab.eval.context, analysis.context_costs):
+# {"lengths", "batches", "rounds", "steps", "settings": {setting: {...}}, "skipped": {setting: why}}
+CONTEXT_ATTR = "lab.context_costs"
 TUNE_OF_ATTR = "lab.tune_of"  # on a tuning study: the main study it tunes for
 
 # Seeds are suggested as an integer over this range (grid studies), so that asking for more

@@ -12,6 +12,19 @@ from omegaconf.errors import OmegaConfBaseException
 from lab.errors import LabError
 from lab.study.space import Choice, Range, parse_space
 
+CONTEXT_LENGTHS = [128, 256, 512, 1024, 2048]
+CONTEXT_BATCHES = [1, 8]
+
+
+@dataclass
+class ContextCosts:
+    """``analysis.context_costs``: measure KV-cache bytes and decode latency against context
+    length after the sweep (lab.eval.context), at each of `lengths` cached tokens and each
+    batch size in `batches`. Analysis only: it never changes the study's identity."""
+
+    lengths: list[int] = field(default_factory=lambda: list(CONTEXT_LENGTHS))
+    batches: list[int] = field(default_factory=lambda: list(CONTEXT_BATCHES))
+
 
 @dataclass
 class AnalysisSpec:
@@ -25,6 +38,8 @@ class AnalysisSpec:
     # A run "solves" the task when its objective reaches this value: success rates, steps to
     # solve. None: 0.95 for accuracy objectives, no threshold otherwise.
     solve_threshold: float | None = None
+    # Costs against context length (true: the defaults of ContextCosts); None: not measured.
+    context_costs: ContextCosts | None = None
 
 
 def parse_analysis(raw: Any, where: str) -> dict[str, Any]:
@@ -34,6 +49,8 @@ def parse_analysis(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise LabError(f"ablation '{where}': 'analysis' must be a mapping of "
                        f"{', '.join(f.name for f in dataclasses.fields(AnalysisSpec))}.")
+    raw = dict(raw)
+    context = parse_context_costs(raw.pop("context_costs", None), where)
     try:
         OmegaConf.merge(OmegaConf.structured(AnalysisSpec), raw)
     except OmegaConfBaseException as e:
@@ -44,7 +61,41 @@ def parse_analysis(raw: Any, where: str) -> dict[str, Any]:
     conf = raw.get("confidence")
     if conf is not None and not 0 < float(conf) < 1:
         raise LabError(f"ablation '{where}': analysis.confidence must be in (0, 1), got {conf}.")
-    return dict(raw)
+    if context is not None:
+        raw["context_costs"] = context
+    return raw
+
+
+def parse_context_costs(raw: Any, where: str) -> dict[str, list[int]] | None:
+    """`true`, `false` or {lengths: [...], batches: [...]}: the lengths and batch sizes to
+    measure (sorted), or None when off."""
+    if raw is None or raw is False:
+        return None
+    key = "analysis.context_costs"
+    usage = (f"{key} takes true (context lengths {CONTEXT_LENGTHS}, batch sizes "
+             f"{CONTEXT_BATCHES}), false, or a mapping such as {{lengths: [128, 512, 2048], "
+             "batches: [1, 8]}")
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LabError(f"ablation '{where}': {usage}; got {raw!r}.")
+    unknown = sorted(set(raw) - {"lengths", "batches"})
+    if unknown:
+        raise LabError(f"ablation '{where}': unknown key '{key}.{unknown[0]}'. Valid keys: "
+                       f"lengths (context lengths in tokens, default {CONTEXT_LENGTHS}) and "
+                       f"batches (batch sizes, default {CONTEXT_BATCHES}).")
+    out = {}
+    for name, what in (("lengths", "context lengths in tokens"), ("batches", "batch sizes")):
+        v = raw.get(name, getattr(ContextCosts(), name))
+        v = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if not (isinstance(v, list) and v and all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+                and len(set(v)) == len(v)):
+            raise LabError(f"ablation '{where}': {key}.{name} must be a non-empty list of "
+                           f"distinct positive integers ({what}), e.g. "
+                           f"{getattr(ContextCosts(), name)}; got {v!r}.")
+        out[name] = sorted(v)
+    return out
 
 
 @dataclass

@@ -36,7 +36,13 @@ from lab.config import LabConfig, flatten, load_config, parse_overrides, read_ya
 from lab.errors import ConfigError, LabError
 from lab.provenance import REPO
 from lab.study.attrs import SEED_HIGH, SEED_LOW, decode
-from lab.study.sections import AnalysisSpec, TuneSpec, parse_analysis, parse_tune
+from lab.study.sections import (
+    AnalysisSpec,
+    ContextCosts,
+    TuneSpec,
+    parse_analysis,
+    parse_tune,
+)
 from lab.study.space import Choice, Setting, expand, fmt_value, parse_space, short_key
 
 ABLATION_KEYS = {
@@ -157,7 +163,10 @@ class Ablation:
 
     @property
     def analysis_spec(self) -> AnalysisSpec:
-        return AnalysisSpec(**self.analysis)
+        opts = dict(self.analysis)
+        if opts.get("context_costs") is not None:
+            opts["context_costs"] = ContextCosts(**opts["context_costs"])
+        return AnalysisSpec(**opts)
 
     def pairs(self) -> list[tuple[Setting, int]]:
         return [(s, seed) for s in self.settings() for seed in self.seeds]
