@@ -54,3 +54,47 @@ def test_no_share_where_the_stack_gain_is_not_significant():
     looped = [stat("r1", "looped", [2.5, 2.5, 2.5], 3), stat("r2", "looped", [2.4, 2.4, 2.4], 4)]
     rows = analysis({"looped": looped, "uniform": uniform}).matched_depth()
     assert [r["recovered"] for r in rows] == [None, None]
+
+
+# --- did the ranking hold at other learning rates and without each seed? ------------------------
+
+
+def protocol_view(values, tuned, direction="minimize"):
+    from types import SimpleNamespace
+
+    from lab.stats import TrialRecord, summarize
+
+    recs = [TrialRecord(i * 10 + seed, name, seed, "COMPLETE", v, group="arm", axis=float(i))
+            for i, (name, vs) in enumerate(values.items()) for seed, v in enumerate(vs)]
+    return SimpleNamespace(direction=direction, tuned=tuned, records=recs, confidence=0.95,
+                           bounds=None, stats=summarize(recs, confidence=0.95))
+
+
+def test_ranking_at_every_tuning_point_is_compared_with_the_measured_one():
+    from lab.report.protocol import lr_robustness
+
+    values = {"a": [3.0, 3.1, 3.2], "b": [2.0, 2.1, 2.2], "c": [1.0, 1.1, 1.2]}  # c best
+    tuned = {  # lr=1: same order as measured; lr=2: reversed; lr=3: c pruned
+        "a": {"points": [{"label": "lr=1", "value": 5.0}, {"label": "lr=2", "value": 1.0},
+                         {"label": "lr=3", "value": 9.0}]},
+        "b": {"points": [{"label": "lr=1", "value": 4.0}, {"label": "lr=2", "value": 2.0},
+                         {"label": "lr=3", "value": 8.0}]},
+        "c": {"points": [{"label": "lr=1", "value": 3.0}, {"label": "lr=2", "value": 3.0},
+                         {"label": "lr=3", "value": None}]},
+    }
+    rows = {r["point"]: r for r in lr_robustness(protocol_view(values, tuned))}
+    assert rows["lr=1"]["rho"] == pytest.approx(1.0) and rows["lr=1"]["best"] == "c"
+    assert rows["lr=2"]["rho"] == pytest.approx(-1.0) and rows["lr=2"]["best"] == "a"
+    assert rows["lr=3"]["complete"] is False and rows["lr=3"]["best"] == "b"
+    assert rows["lr=3"]["rho"] is None  # two settings scored: no rank correlation
+    assert {r["measured_best"] for r in rows.values()} == {"c"}
+
+
+def test_best_setting_with_each_seed_left_out():
+    from lab.report.protocol import seed_robustness
+
+    steady = protocol_view({"a": [2.0, 2.1, 2.2], "b": [1.0, 1.1, 1.2]}, {})
+    assert seed_robustness(steady) == {"arm": [(0, "b"), (1, "b"), (2, "b")]}
+    # Seed 2 alone makes b the best: without it, a wins.
+    fragile = protocol_view({"a": [1.0, 1.0, 1.5], "b": [1.1, 1.1, 0.0]}, {})
+    assert seed_robustness(fragile) == {"arm": [(0, "b"), (1, "b"), (2, "a")]}

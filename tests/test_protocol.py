@@ -102,6 +102,7 @@ def test_tuned_sweep_runs_each_setting_at_its_best_point(tmp_path):
     report = Path("reports/tuned/report.md").read_text()
     assert "| looped, loops=1 |" in report and "tuning trials done / pruned / all" in report
     assert "at half the budget (step 10)" in report
+    assert "| looped | lr=0.001 | 2 |" in report  # the ranking at every tuning point
     # Resuming changes nothing: the choice is frozen and every trial is done.
     assert main(["sweep", str(path), "--workers", "1"]) == 0
     again = optuna.load_study(study_name="tuned", storage=storage)

@@ -88,6 +88,78 @@ def same_conclusion(a, b) -> bool:
             and a.best == b.best and getattr(a, "regressions", []) == getattr(b, "regressions", []))
 
 
+def best_by_group(sa: StudyAnalysis, stats: list[SettingStats]) -> dict[str, str]:
+    """Each verdict's best setting (by its mean) for these statistics: {group: setting}."""
+    sign = 1.0 if sa.direction == "maximize" else -1.0
+    out = {}
+    for g, ss in groupby_group(stats).items():
+        done = [s for s in ss if s.n]
+        if len(done) > 1:
+            out[g] = max(done, key=lambda s: sign * s.mean).setting
+    return out
+
+
+def groupby_group(stats: list[SettingStats]) -> dict[str, list[SettingStats]]:
+    """Settings by arm; arms of one setting each are pooled under "" (as their verdict is)."""
+    out: dict[str, list[SettingStats]] = {}
+    for s in stats:
+        out.setdefault(s.group, []).append(s)
+    singles = [g for g, ss in out.items() if len(ss) == 1]
+    if len(singles) > 1:
+        out[""] = out.get("", []) + [out.pop(g)[0] for g in singles]
+    return out
+
+
+def seed_robustness(sa: StudyAnalysis) -> dict[str, list[tuple[int, str]]]:
+    """Per arm: the best setting with each measured seed left out, [(seed, best)]. Empty when
+    fewer than 3 seeds completed (a single seed has no spread to speak of)."""
+    seeds = sorted({r.seed for r in sa.records if r.state == "COMPLETE"})
+    if len(seeds) < 3:
+        return {}
+    out: dict[str, list[tuple[int, str]]] = {}
+    for seed in seeds:
+        recs = [r for r in sa.records if r.seed != seed]
+        for g, best in best_by_group(sa, summarize(recs, confidence=sa.confidence,
+                                                   bounds=sa.bounds)).items():
+            out.setdefault(g, []).append((seed, best))
+    return out
+
+
+def lr_robustness(sa: StudyAnalysis) -> list[dict]:
+    """Whether each arm's ranking holds at every tuning point (the tuning seeds, budget and
+    split): per arm and point, the tuning objective of each setting, the best setting, and the
+    Spearman correlation of the ranking with the measured means. Points where a setting has
+    no completed tuning run (pruned) are listed with what was measured."""
+    from scipy.stats import spearmanr
+
+    if not sa.tuned:
+        return []
+    sign = 1.0 if sa.direction == "maximize" else -1.0
+    rows = []
+    for g, ss in groupby_group([s for s in sa.stats if s.n]).items():
+        if len(ss) < 2:
+            continue
+        labels = list(dict.fromkeys(p["label"] for s in ss
+                                    for p in (sa.tuned.get(s.setting) or {}).get("points", [])))
+        for label in labels:
+            vals = {}
+            for s in ss:
+                pts = {p["label"]: p for p in (sa.tuned.get(s.setting) or {}).get("points", [])}
+                v = pts.get(label, {}).get("value")
+                if v is not None:
+                    vals[s.setting] = v
+            done = [s for s in ss if s.setting in vals]
+            best = max(done, key=lambda s: sign * vals[s.setting]).setting if done else None
+            rho = None
+            if len(done) > 2:
+                r = spearmanr([vals[s.setting] for s in done], [s.mean for s in done]).statistic
+                rho = float(r) if math.isfinite(r) else None
+            rows.append({"group": g, "point": label, "values": vals, "best": best,
+                         "rho": rho, "complete": len(done) == len(ss),
+                         "measured_best": max(ss, key=lambda s: sign * s.mean).setting})
+    return rows
+
+
 def steps_to_solve(sa: StudyAnalysis) -> dict[str, list[int | None]]:
     """Per setting, each completed seed's first validation step at or past the solve
     threshold (None: never)."""
@@ -190,6 +262,7 @@ def protocol_section(sa: StudyAnalysis, verdicts, figures: dict) -> list[str]:
                          f"(step {step}) the verdict " + ("is the same: " if held else
                                                           "**differs**: ") + v.sentence)
         lines.append("")
+    lines += robustness_lines(sa)
     sts = steps_to_solve(sa)
     if any(x is not None for xs in sts.values() for x in xs):
         rows = [[k, fmt_steps(v)] for k, v in sts.items()]
@@ -208,6 +281,44 @@ def protocol_section(sa: StudyAnalysis, verdicts, figures: dict) -> list[str]:
                            [[r.setting, f"{r.solved} / {r.n}",
                              f"{pct(r.rate)} ({pct(r.low)} to {pct(r.high)})"] for r in rates]), ""]
         lines += [f"- {a} vs {b}: Fisher p = {p:.3g}" for a, b, p in pairs] + [""]
+    return lines
+
+
+def robustness_lines(sa: StudyAnalysis) -> list[str]:
+    """Did the ranking hold at other learning rates (the tuning points) and without each
+    seed?"""
+    from lab.report.fmt import md_table
+
+    lines = []
+    lr = lr_robustness(sa)
+    if lr:
+        lines += ["Other learning rates: each arm's settings at every tuning point (tuning seeds, "
+                  "tuning split, the tuning budget), against the measured ranking. rho is "
+                  "Spearman's rank correlation between the tuning objectives at that point and "
+                  "the measured means (1: the same order); '-' where a setting's run was pruned.",
+                  ""]
+        rows = [[r["group"] or "-", r["point"], str(len(r["values"])),
+                 r["best"] or "-", "-" if r["rho"] is None else f"{r['rho']:+.2f}",
+                 "yes" if r["best"] == r["measured_best"] else "no"] for r in lr]
+        lines += [md_table(["arm", "tuning point", "settings scored", "best there",
+                            "rho vs measured", "same best as measured"], rows, "llrlrl"), ""]
+        held = [r for r in lr if r["complete"]]
+        if held:
+            same = sum(r["best"] == r["measured_best"] for r in held)
+            lines += [f"- learning rate: at {same} of {len(held)} tuning points where every "
+                      "setting of the arm completed, the best setting is the measured best.", ""]
+    sr = seed_robustness(sa)
+    for g, pairs in sr.items():
+        bests = {b for _, b in pairs}
+        what = f"{g}: " if g else ""
+        if len(bests) == 1:
+            lines.append(f"- seeds: {what}with any one seed left out, the best setting stays "
+                         f"{pairs[0][1]}.")
+        else:
+            lines.append(f"- seeds: {what}the best setting depends on the seeds: "
+                         + "; ".join(f"without seed {sd} it is {b}" for sd, b in pairs) + ".")
+    if sr:
+        lines.append("")
     return lines
 
 
