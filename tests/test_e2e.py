@@ -22,3 +22,4 @@ def test_smoke_study_learns_and_reports_a_verdict():
     for section in ("## Results", "## Verdict", "## Accuracy by difficulty", "## Protocol",
                     "## Cost", "## Why it levels off", "## Environment"):
         assert section in md
+    assert "**Largest hops solved**" in md.split("## What was compared")[0]  # the headline

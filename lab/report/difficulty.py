@@ -55,6 +55,17 @@ def summary_rows(sa: StudyAnalysis, split: str = "val") -> list[list[str]]:
     return rows
 
 
+def difficulty_headline(sa: StudyAnalysis) -> list[str]:
+    """One line under the verdict: the largest difficulty each setting solves (mean over
+    seeds), for tasks with difficulty labels."""
+    rows = summary_rows(sa)
+    if not rows:
+        return []
+    name = sa.task.get("difficulty_name") or "difficulty"
+    return [f"**Largest {name} solved** (validation, mean over seeds; per seed in the section "
+            "on difficulty): " + "; ".join(f"{r[0]}: {r[2]}" for r in rows) + ".", ""]
+
+
 def difficulty_section(sa: StudyAnalysis, figures: dict) -> list[str]:
     from lab.report.fmt import image, md_table
 
