@@ -19,10 +19,10 @@ def test_single_setting_arms_are_pooled_into_one_comparison():
           "parallel/b": [stat("pb", "parallel/b", [0.9, 1.0])]}
     sets = verdict_sets(list(by), by)
     assert [(g, [s.setting for s in ss]) for g, ss in sets] == [(None, ["serial", "pa", "pb"])]
-    # An arm with several settings keeps its own verdict; a lone single arm is not pooled.
+    # Beside an arm of several settings, single settings are controls: no pooled verdict.
     by["uniform"] = [stat("u1", "uniform", [1.0, 1.0]), stat("u2", "uniform", [2.0, 2.0])]
     sets = verdict_sets(["uniform", *[g for g in by if g != "uniform"]], by)
-    assert [g for g, _ in sets] == ["uniform", None]
+    assert [g for g, _ in sets] == ["uniform", "serial", "parallel/a", "parallel/b"]
     only = {"a": [stat("a", "a", [1.0])], "b": [stat("b1", "b", [1.0]), stat("b2", "b", [2.0])]}
     assert [g for g, _ in verdict_sets(["a", "b"], only)] == ["a", "b"]
 

@@ -59,7 +59,9 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
         f"- task: {sa.task.get('description', cfg.get('task', {}).get('name'))}"
         + (f"; chance = {100 * sa.chance:.1f}%" if sa.chance is not None else ""),
         f"- budget per trial: {t.get('steps')} steps of batch {t.get('batch_size')}, AdamW lr "
-        f"{t.get('lr')} ({t.get('schedule')} schedule, {t.get('warmup')} warm-up steps), "
+        + ("tuned per setting (see Protocol)" if sa.tuned and "train.lr" in str(sa.tuned)
+           else f"{t.get('lr')}")
+        + f" ({t.get('schedule')} schedule, {t.get('warmup')} warm-up steps), "
         f"evaluation on {t.get('val_size')} fixed validation and OOD sequences",
         f"- seeds: {', '.join(map(str, seeds))}; objective: `{sa.objective}` ({sa.direction}); "
         f"{sa.n_complete} completed trials, {n_pruned} pruned, {n_failed} failed"
@@ -148,18 +150,21 @@ def verdict_section(sa: StudyAnalysis, verdicts: list) -> list[str]:
     md = sa.matched_depth()
     if md:
         g0 = sa.primary_group()
-        lines += ["", f"{g0.capitalize()} against the other arm at equal effective depth "
-                  f"(difference = {g0} minus other, {sa.unit or 'objective units'}):", ""]
-        rows = [[r["setting"], r["other"], fmt_num(r["depth"]),
+        lines += ["", f"{g0.capitalize()} against the other arms, matched at equal effective "
+                  "depth, or at equal FLOPs per token (within 5%) for a setting no depth "
+                  f"matches (difference = improvement of {g0} over the other, positive = "
+                  f"better, {sa.unit or 'objective units'}):", ""]
+        rows = [[r["setting"], r["other"], r["matched"], fmt_num(r["depth"]),
                  f"{fmt_num(r['params'])} vs {fmt_num(r['other_params'])}",
                  fmt_diff(r["diff"], r["low"], r["high"], sa.scale),
                  "-" if r["latency_ratio"] is None else
                  "{:.2f}x ({:.2f} to {:.2f})".format(*r["latency_ratio"]),
                  "-" if r["kv_ratio"] is None else f"{r['kv_ratio']:.2f}x",
                  "-" if r["recovered"] is None else f"{r['recovered']:.0%}"] for r in md]
-        lines.append(md_table(["setting", "compared with", "eff. depth", "unique params",
-                               f"difference ({int(sa.confidence * 100)}% CI)", "latency ratio",
-                               "KV ratio", "share of its gain"], rows, "llrrrrrr"))
+        lines.append(md_table(["setting", "compared with", "matched on", "eff. depth",
+                               "unique params", f"difference ({int(sa.confidence * 100)}% CI)",
+                               "latency ratio", "KV ratio", "share of its gain"], rows,
+                              "lllrrrrrr"))
         bases = sorted({r["base"] for r in md if r["base"]})
         if bases:
             lines += ["", "Share of its gain: how much of the compared setting's gain over "

@@ -100,12 +100,13 @@ def best_by_group(sa: StudyAnalysis, stats: list[SettingStats]) -> dict[str, str
 
 
 def groupby_group(stats: list[SettingStats]) -> dict[str, list[SettingStats]]:
-    """Settings by arm; arms of one setting each are pooled under "" (as their verdict is)."""
+    """Settings by arm; when every arm is one setting they are pooled under "" (as their
+    verdict is)."""
     out: dict[str, list[SettingStats]] = {}
     for s in stats:
         out.setdefault(s.group, []).append(s)
     singles = [g for g, ss in out.items() if len(ss) == 1]
-    if len(singles) > 1:
+    if len(singles) > 1 and len(singles) == len(out):
         out[""] = out.get("", []) + [out.pop(g)[0] for g in singles]
     return out
 
@@ -299,6 +300,7 @@ def robustness_lines(sa: StudyAnalysis) -> list[str]:
                   ""]
         rows = [[r["group"] or "-", r["point"], str(len(r["values"])),
                  r["best"] or "-", "-" if r["rho"] is None else f"{r['rho']:+.2f}",
+                 "-" if r["best"] is None else
                  "yes" if r["best"] == r["measured_best"] else "no"] for r in lr]
         lines += [md_table(["arm", "tuning point", "settings scored", "best there",
                             "rho vs measured", "same best as measured"], rows, "llrlrl"), ""]

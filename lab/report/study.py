@@ -19,6 +19,7 @@ from lab.stats import (
     compare_verdict,
     curve_verdict,
     diff_ci,
+    improvement,
     ratio_ci,
     signed,
     summarize,
@@ -192,7 +193,14 @@ class StudyAnalysis:
         return out
 
     def matched_depth(self) -> list[dict]:
-        """Across arms: each setting against the other arm's setting of equal effective depth.
+        """Across arms: each primary setting against the other arms' settings that match it.
+
+        A pair is matched on "depth" (equal effective depth, and FLOPs per token within 5%
+        where both are known) or, for another arm's setting that no primary setting matches
+        in depth, on "FLOPs" (the primary setting nearest in FLOPs per token, within 5%: a
+        wider stack against a looped one). "diff", "low", "high": the improvement of the
+        primary setting over the other (positive = better, whatever the direction), with its
+        Welch interval.
 
         "recovered": the share of the other arm's gain that this setting recovers, both
         measured from the other arm's setting at the primary arm's shallowest depth (for a
@@ -208,21 +216,30 @@ class StudyAnalysis:
         d0 = min((s.costs.get("effective_depth") or 0 for s in done0), default=None)
         rows = []
         for other in (g for g in self.groups if g != g0):
-            by_depth = {s.costs.get("effective_depth"): s for s in self.groups[other] if s.n}
+            done = [s for s in self.groups[other] if s.n]
+            by_depth = {s.costs.get("effective_depth"): s for s in done}
             base = by_depth.get(d0)
-            for s in self.groups[g0]:
-                o = by_depth.get(s.costs.get("effective_depth"))
-                if o is None or not s.n:
-                    continue
-                diff, lo, hi = diff_ci(o.values, s.values, self.confidence)
+            pairs = [(s, by_depth[s.costs.get("effective_depth")], "depth") for s in done0
+                     if s.costs.get("effective_depth") in by_depth
+                     and _close(s, by_depth[s.costs.get("effective_depth")])]
+            paired = {o.setting for _, o, _ in pairs}
+            for o in done:
+                near = [s for s in done0 if _close(s, o, need=True)] if o.setting not in paired \
+                    else []
+                if near:
+                    s = min(near, key=lambda s: abs(_flops(s) - _flops(o)))
+                    pairs.append((s, o, "FLOPs"))
+            for s, o, kind in pairs:
+                diff, lo, hi = improvement(o, s, sign, self.confidence)
                 recovered = None
-                if base is not None and o is not base:
+                if kind == "depth" and base is not None and o is not base:
                     _, glo, ghi = diff_ci(base.values, o.values, self.confidence)
                     gain = sign * (o.mean - base.mean)
                     if gain > 0 and (glo > 0 or ghi < 0):
                         recovered = sign * (s.mean - base.mean) / gain
                 rows.append({"setting": s.setting, "other": o.setting, "group": g0,
-                             "base": None if base is None else base.setting,
+                             "matched": kind,
+                             "base": base.setting if recovered is not None else None,
                              "recovered": recovered,
                              "other_group": other, "name": axis_namer(axis_key(self.meta, g0))(s),
                              "depth": s.costs.get("effective_depth"), "diff": diff, "low": lo,
@@ -245,14 +262,14 @@ class StudyAnalysis:
 
     def arm_sentence(self) -> str | None:
         """One sentence comparing the primary arm with the other at equal effective depth."""
-        rows = self.matched_depth()
-        if not rows:
+        every = self.matched_depth()
+        if not every:
             return None
         # With several other arms, the sentence is about the one matched at the most depths
-        # (the equal-depth stack); the table lists every pairing.
-        others = [r["other_group"] for r in rows]
-        rows = [r for r in rows if r["other_group"] == max(dict.fromkeys(others),
-                                                          key=others.count)]
+        # (the equal-depth stack); each other pairing gets a clause after it.
+        others = [r["other_group"] for r in every]
+        main = max(dict.fromkeys(others), key=others.count)
+        rows = [r for r in every if r["other_group"] == main]
         conf = int(self.confidence * 100)
         g0, g1 = rows[0]["group"], rows[0]["other_group"]
         fin = [r for r in rows if math.isfinite(r["high"])]
@@ -287,8 +304,9 @@ class StudyAnalysis:
         lat = last["latency_ratio"]
         if lat is not None:
             r, lo, hi = lat
-            costs.append(f"{r:.2f}x the latency per token ({int(self.confidence * 100)}% CI "
-                         f"{lo:.2f} to {hi:.2f}, paired timing)" if lo > 1 or hi < 1 else
+            d = 3 if abs(r - 1) < 0.01 else 2  # 0.998x, not "1.00x", when it differs
+            costs.append(f"{r:.{d}f}x the latency per token ({int(self.confidence * 100)}% CI "
+                         f"{lo:.{d}f} to {hi:.{d}f}, paired timing)" if lo > 1 or hi < 1 else
                          "the same latency per token within measurement (paired timing: "
                          f"{r:.2f}x, {int(self.confidence * 100)}% CI {lo:.2f} to {hi:.2f})")
         if last["kv_ratio"] is not None:
@@ -298,6 +316,15 @@ class StudyAnalysis:
         sentence = " ".join(parts)
         if costs:
             sentence += f"; at {last['name']} it needs " + ", ".join(costs) + f" of {g1}"
+        for r in every:
+            if r["other_group"] == main or not math.isfinite(r["high"]):
+                continue
+            how = ("significantly better than" if r["low"] > 0 else
+                   "significantly worse than" if r["high"] < 0 else "within the CI of")
+            at = "FLOPs per token" if r["matched"] == "FLOPs" else "effective depth"
+            sentence += (f"; at equal {at}, {r['setting']} is {how} {r['other']} "
+                         f"({signed(r['diff'], self.scale)} {self.unit}, CI "
+                         f"{signed(r['low'], self.scale)} to {signed(r['high'], self.scale)})")
         shares = [r for r in rows if r["recovered"] is not None]
         if shares:
             sentence += (f". Measured from {shares[0]['base']}, {g0} recovers "
@@ -333,9 +360,10 @@ def verdict_sets(groups: list[str], by_group: dict[str, list[SettingStats]]
     """The sets of settings that get a verdict: each arm's completed settings (all of them
     when none completed), in `groups` order. Arms of one setting each (nested arms down to
     single settings, as in an ablation of a mechanism's parts) are pooled into one unordered
-    set, named None, compared together."""
+    set, named None, compared together, when every arm is a single setting (an arm of one
+    setting beside arms of several is a control, read in the arms table)."""
     singles = [g for g in groups if len(by_group.get(g, [])) == 1]
-    pool = len(singles) > 1
+    pool = len(singles) > 1 and len(singles) == len(groups)
     out: list[tuple[str | None, list[SettingStats]]] = []
     for g in groups:
         if pool and g in singles:
@@ -346,6 +374,19 @@ def verdict_sets(groups: list[str], by_group: dict[str, list[SettingStats]]
     if pool:
         out.append((None, [by_group[g][0] for g in singles]))
     return out
+
+
+def _flops(s: SettingStats) -> float:
+    return float(s.costs.get("flops_per_token") or 0.0)
+
+
+def _close(a: SettingStats, b: SettingStats, need: bool = False, tol: float = 0.05) -> bool:
+    """FLOPs per token within `tol` of each other; unknown FLOPs count as close unless
+    `need`."""
+    fa, fb = _flops(a), _flops(b)
+    if not fa or not fb:
+        return not need
+    return abs(fa - fb) <= tol * max(fa, fb)
 
 
 def _ratio(a: dict, b: dict, key: str) -> float | None:
