@@ -21,14 +21,23 @@ def fig_axis(sa: StudyAnalysis, path: Path) -> Figure | None:
         return fig_categories(sa, path)
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(6.4, 4.0))
-    span = max(s.axis for g in groups for s in sa.groups[g]) - min(
-        s.axis for g in groups for s in sa.groups[g])
+    # Arms swept along different keys (loops, layers) share one x axis only through what they
+    # have in common: the effective depth (blocks executed per token).
+    done = [s for ss in sa.groups.values() for s in ss if s.n]
+    by_depth = len({axis_key(sa.meta, g) for g in groups}) > 1 and all(
+        s.costs.get("effective_depth") for s in done)
+
+    def x_of(s) -> float:
+        return float(s.costs["effective_depth"]) if by_depth else s.axis
+
+    xs_all = [x_of(s) for g in groups for s in sa.groups[g] if s.n]
+    span = max(xs_all) - min(xs_all)
     for i, g in enumerate(groups):
         ss = [s for s in sa.groups[g] if s.n]
         color, marker = f"C{i}", MARKERS[i % len(MARKERS)]
         # Arms share the axis; a small offset keeps identical results visible side by side.
         dx = (i - (len(groups) - 1) / 2) * 0.015 * (span or 1)
-        xs = [s.axis + dx for s in ss]
+        xs = [x_of(s) + dx for s in ss]
         for s, x in zip(ss, xs, strict=True):
             ax.scatter([x] * len(s.values), [v * sa.scale for v in s.values], s=14,
                        color=color, alpha=0.45, linewidths=0, marker=marker)
@@ -39,11 +48,22 @@ def fig_axis(sa: StudyAnalysis, path: Path) -> Figure | None:
         if "acc" in sa.objective:  # an accuracy lies in [0, 100]: clip the drawn band
             lo, hi = [max(v, 0.0) for v in lo], [min(v, sa.scale) for v in hi]
         ax.fill_between(xs, lo, hi, color=color, alpha=0.12, linewidth=0)
+    if by_depth:  # the other arms (single settings) as points with their interval
+        for j, g in enumerate(g for g in sa.groups if g not in groups):
+            k = len(groups) + j
+            for s in (s for s in sa.groups[g] if s.n):
+                lo = s.ci_low if math.isfinite(s.ci_low) else s.mean
+                hi = s.ci_high if math.isfinite(s.ci_high) else s.mean
+                ax.errorbar([x_of(s)], [s.mean * sa.scale],
+                            yerr=[[(s.mean - lo) * sa.scale], [(hi - s.mean) * sa.scale]],
+                            fmt=MARKERS[k % len(MARKERS)], color=f"C{k}", capsize=3, ms=6,
+                            label=s.setting if len(sa.groups[g]) > 1 else g)
     if sa.chance is not None:
         ax.axhline(sa.chance * sa.scale, color="grey", ls=":", lw=1, label="chance")
-    integer_axis(ax, [s.axis for g in groups for s in sa.groups[g]])
+    integer_axis(ax, xs_all)
     keys = [axis_key(sa.meta, g) or "" for g in groups]
-    ax.set_xlabel(" / ".join(dict.fromkeys(f"{k} ({g})" if len(groups) > 1 else k
+    ax.set_xlabel("effective depth (blocks executed per token)" if by_depth else
+                  " / ".join(dict.fromkeys(f"{k} ({g})" if len(groups) > 1 else k
                                            for k, g in zip(keys, groups, strict=True))))
     ax.set_ylabel(obj_label(sa))
     ax.set_title(f"{sa.abl.study}: mean over seeds (dots: seeds; band: "
