@@ -30,7 +30,9 @@ def _git(*args: str) -> str | None:
 @functools.cache
 def git_info() -> dict:
     rev = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # reports/ holds the lab's own output (committed results): a study writing its report
+    # does not make the code of the next study's runs uncommitted.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports")
     return {"revision": rev or "unknown", "dirty": bool(status) if status is not None else None}
 
 
