@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from lab.eval.cost import kv_bytes_per_token, kv_cache_bytes
+from lab.eval.cost import cache_bytes, kv_bytes_per_token, kv_cache_bytes
 from lab.model.plan import StackPlan
 from lab.model.stack import Stack
 
@@ -44,12 +44,6 @@ def needed_positions(lengths: list[int], steps: int) -> int:
     """Positions a measurement over `lengths` decodes at most: the longest context, the
     warm-up step and the timed steps."""
     return max(lengths) + 1 + steps
-
-
-def cache_bytes(cache) -> int:
-    """KV bytes held by a decode cache (serial: KVCache per executed block; parallel: the
-    ParallelCache's entries), carried loop outputs excluded."""
-    return sum(c.nbytes() for c in cache)
 
 
 def setting_info(plan: StackPlan, loops: int, lengths: list[int], element_size: int = 4) -> dict:

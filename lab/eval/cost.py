@@ -163,8 +163,14 @@ def latency_costs(model: Stack, task: Task, loops: int | None, n_tokens: int,
     return {
         "latency_s_per_token": statistics.median(best),
         "latency_mode": "kv-cache decode" if task.causal else "full-sequence pass",
-        "kv_bytes_per_token": sum(c.nbytes() for c in cache) / T,
+        "kv_bytes_per_token": cache_bytes(cache) / T,
     }
+
+
+def cache_bytes(cache) -> int:
+    """KV bytes held by a decode cache (serial: a KVCache per executed block; parallel: the
+    ParallelCache's entries), carried loop outputs excluded."""
+    return sum(c.nbytes() for c in cache)
 
 
 class PeakMemory(TorchDispatchMode):

@@ -59,7 +59,8 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
         f"- task: {sa.task.get('description', cfg.get('task', {}).get('name'))}"
         + (f"; chance = {100 * sa.chance:.1f}%" if sa.chance is not None else ""),
         f"- budget per trial: {t.get('steps')} steps of batch {t.get('batch_size')}, AdamW lr "
-        + ("tuned per setting (see Protocol)" if sa.tuned and "train.lr" in str(sa.tuned)
+        + ("tuned per setting (see Protocol)"
+           if any("train.lr" in (t.get("params") or {}) for t in sa.tuned.values())
            else f"{t.get('lr')}")
         + f" ({t.get('schedule')} schedule, {t.get('warmup')} warm-up steps), "
         f"evaluation on {t.get('val_size')} fixed validation and OOD sequences",

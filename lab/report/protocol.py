@@ -100,15 +100,14 @@ def best_by_group(sa: StudyAnalysis, stats: list[SettingStats]) -> dict[str, str
 
 
 def groupby_group(stats: list[SettingStats]) -> dict[str, list[SettingStats]]:
-    """Settings by arm; when every arm is one setting they are pooled under "" (as their
-    verdict is)."""
-    out: dict[str, list[SettingStats]] = {}
+    """Settings by arm, grouped as their verdicts are (lab.report.study.verdict_sets: when
+    every arm is one setting they are pooled, here under "")."""
+    from lab.report.study import verdict_sets
+
+    by: dict[str, list[SettingStats]] = {}
     for s in stats:
-        out.setdefault(s.group, []).append(s)
-    singles = [g for g, ss in out.items() if len(ss) == 1]
-    if len(singles) > 1 and len(singles) == len(out):
-        out[""] = out.get("", []) + [out.pop(g)[0] for g in singles]
-    return out
+        by.setdefault(s.group, []).append(s)
+    return {g or "": ss for g, ss in verdict_sets(list(by), by)}
 
 
 def seed_robustness(sa: StudyAnalysis) -> dict[str, list[tuple[int, str]]]:

@@ -263,7 +263,7 @@ class StudyAnalysis:
     def arm_sentence(self) -> str | None:
         """One sentence comparing the primary arm with the other at equal effective depth."""
         every = self.matched_depth()
-        if not every or all(len(ss) == 1 for ss in self.groups.values()):
+        if not every or any(g is None for g, _ in verdict_sets(list(self.groups), self.groups)):
             return None  # arms of one setting each: their pooled comparison is the verdict
         # With several other arms, the sentence is about the one matched at the most depths
         # (the equal-depth stack); each other pairing gets a clause after it.
