@@ -101,6 +101,16 @@ class ModelConfig:
     match_params: dict[str, Any] | None = None
     match_tolerance: float = 0.02
     dropout: float = 0.0
+    # --- the recipe ----------------------------------------------------------------------
+    # Where positions come from: rotary embeddings of queries and keys in every attention
+    # call (rope; no table, any length), a learned absolute table added to the token
+    # embedding (learned; the lab's recipe before RoPE, kept for comparison), or none (for
+    # tasks that need no order).
+    positions: Literal["rope", "learned", "none"] = "rope"
+    rope_base: float = 10000.0
+    # Share the token embedding with the output head (the first and last residual widths
+    # must then be equal). Default from measurement: see README, "Calibration".
+    tie_embeddings: bool = True
 
 
 @dataclass
@@ -417,6 +427,7 @@ def validate(cfg: LabConfig) -> None:
         "before its earlier ones have finished for the next token, so there is no point at "
         "which a token can stop.",
     )
+    _need(m.rope_base > 1, "model.rope_base", f"must be > 1, got {m.rope_base}.")
     _need(m.width_factor > 0, "model.width_factor", f"must be > 0, got {m.width_factor}.")
     _need(0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1), got {m.dropout}.")
     _need(

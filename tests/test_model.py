@@ -71,7 +71,8 @@ def _unrolled_copy(model: Stack, loops: int) -> Stack:
                   core=(), coda=(), loops=1, injection="none")
     ref = Stack(uni, model.embed.num_embeddings, model.max_len, model.causal)
     ref.embed.load_state_dict(model.embed.state_dict())
-    ref.pos.load_state_dict(model.pos.state_dict())
+    if model.pos is not None:
+        ref.pos.load_state_dict(model.pos.state_dict())
     ref.norm.load_state_dict(model.norm.state_dict())
     ref.head.load_state_dict(model.head.state_dict())
     for i, b in enumerate(order):
@@ -134,7 +135,8 @@ def test_pad_resize_truncates_and_zero_pads():
 
 def test_explicit_widths():
     _, _, plan, _ = built(["model.family=banded", "model.n_layers=3",
-                           "model.width_profile=explicit", "model.widths=[8,24,16]"], TASKS[0])
+                           "model.width_profile=explicit", "model.widths=[8,24,16]",
+                           "model.tie_embeddings=false"], TASKS[0])
     assert plan.widths == (8, 24, 16)
 
 
@@ -142,7 +144,7 @@ CONFIGS = [f + [] for f in FAMILIES] + [
     ["model.family=banded", "model.n_layers=5", "model.width_profile=wide_ends", "model.resize=pad"],
     ["model.family=looped", "model.n_layers=1", "model.loops=4"],
     ["model.family=looped", "model.n_layers=3", "model.band=[0,1]", "model.width_profile=wide_middle",
-     "model.injection=add", "model.loops=2"],
+     "model.injection=add", "model.loops=2", "model.tie_embeddings=false"],
 ]
 
 

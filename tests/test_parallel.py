@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from references import complex_rope
 
 from lab.config import load_config
 from lab.errors import ConfigError
@@ -51,6 +52,9 @@ def _block_ref(blk, h, k1v1, loop, spec):
     nh = blk.n_heads
     hs = C // nh
     q, k, v = blk.qkv(blk.ln1(h)).view(B, T, 3, nh, hs).unbind(2)  # (B, T, nh, hs) each
+    if blk.rotary is not None:  # rotary positions, in their complex form, per head
+        pos = torch.arange(T)
+        q, k = (complex_rope(t.transpose(1, 2), pos).transpose(1, 2) for t in (q, k))
     ys = torch.zeros(B, T, nh, hs)
 
     def att(t, keys, vals, lo):  # query t over keys lo..t
@@ -78,7 +82,7 @@ def plt_reference(model: Stack, x: torch.Tensor, loops: int) -> torch.Tensor:
     plan, spec = model.plan, model.plan.parallel
     assert not model.resizers  # uniform widths: no resize maps to apply
     pos = torch.arange(x.shape[1])
-    e = model.embed(x) + model.pos(pos)
+    e = model.embed(x) + (model.pos(pos) if model.pos is not None else 0)
     for b in plan.prelude:
         e = model.blocks[b](e)
     first: dict[int, tuple] = {}
@@ -101,10 +105,12 @@ def plt_reference(model: Stack, x: torch.Tensor, loops: int) -> torch.Tensor:
     return model.head(model.norm(h))
 
 
+@pytest.mark.parametrize("positions", ["rope", "learned"])
 @pytest.mark.parametrize("shift,shared,gswa", PARTS)
 @pytest.mark.parametrize("loops", [2, 3])
-def test_parallel_forward_matches_reference_equations(loops, shift, shared, gswa):
-    task, plan, model = built(parallel(loops, shift, shared, gswa))
+def test_parallel_forward_matches_reference_equations(loops, shift, shared, gswa, positions):
+    task, plan, model = built(parallel(loops, shift, shared, gswa,
+                                       extra=[f"model.positions={positions}"]))
     model.eval()
     x = sample(task)
     torch.testing.assert_close(model(x), plt_reference(model, x, loops), rtol=1e-5, atol=1e-5)

@@ -38,8 +38,7 @@ def test_bowtie_restores_the_dropped_dimensions_from_the_last_layer_that_had_the
     model.eval()
     x = sample(task)
     blk = model.blocks
-    T = x.shape[1]
-    h0 = model.embed(x) + model.pos(torch.arange(T))
+    h0 = model.embed_tokens(x)  # rotary positions: the token embedding alone
     h1 = blk[0](h0)                                   # 16 wide
     h2 = blk[1](h1[..., :12])                         # dims 12..15 wait in h1
     h3 = blk[2](h2[..., :8])                          # dims 8..11 wait in h2
@@ -58,7 +57,7 @@ def test_dimensions_no_earlier_layer_had_start_at_zero():
     assert plan.widths == (16, 32, 16)
     model.eval()
     x = sample(task)
-    h0 = model.embed(x) + model.pos(torch.arange(x.shape[1]))
+    h0 = model.embed_tokens(x)
     h1 = model.blocks[0](h0)
     h2 = model.blocks[1](F.pad(h1, (0, 16)))
     h3 = model.blocks[2](h2[..., :16])

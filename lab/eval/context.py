@@ -4,10 +4,10 @@ The costs a trial records (lab.eval.cost) are taken at the task's own, short seq
 What separates serial looping from parallel looping (lab.model.parallel) shows at long
 context: serial looping caches keys and values for every loop, shared KV for the first loop
 only (plus r - 1 windows with G-SWA), so its KV bytes tend to 1/r of serial's (prelude and
-coda aside) as the context grows. Here each setting's architecture is rebuilt with a
-positional table long enough for the longest context (random weights from a fixed seed:
-neither cost depends on the weights), its cache filled with C random tokens (prefill by
-:meth:`Stack.decode_step` on chunks), and then
+coda aside) as the context grows. Here each setting's architecture is rebuilt (random
+weights from a fixed seed: neither cost depends on the weights; a model with learned
+positions gets a table long enough for the longest context, rotary positions need none), its
+cache filled with C random tokens (prefill by :meth:`Stack.decode_step` on chunks), and then
 
 - the KV bytes per sequence are read off the cache (carried loop outputs excluded, as in
   :func:`lab.eval.cost.kv_cache_bytes`, which they must equal), and
@@ -35,7 +35,7 @@ CHUNK = 256  # prefill chunk (tokens per decode_step call)
 
 
 def context_model(plan: StackPlan, vocab_size: int, max_len: int, seed: int = 0) -> Stack:
-    """The plan's architecture with a positional table of `max_len` positions, in eval mode."""
+    """The plan's architecture in eval mode; with learned positions, a table of `max_len`."""
     torch.manual_seed(seed)
     return Stack(plan, vocab_size, max_len, causal=True).eval()
 
@@ -108,7 +108,7 @@ def measure_contexts(models: dict[str, tuple[Stack, int]], lengths: list[int],
     lengths, batches = sorted(lengths), sorted(batches)
     need = needed_positions(lengths, steps)
     for label, (model, _) in models.items():
-        if model.max_len < need:
+        if model.pos is not None and model.max_len < need:
             raise ValueError(f"setting '{label}': max_len {model.max_len} < {need} positions")
     out = {k: {"kv_bytes": [[0] * len(lengths) for _ in batches],
                "seconds": [[[] for _ in lengths] for _ in batches]} for k in models}

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.model.parallel import Gate
+from lab.model.rotary import Rotary
 
 # attend(q, k, v, dropout_p) -> y, all (B, nh, T, hs): replaces a block's self-attention.
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -19,7 +20,7 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tenso
 
 class Block(nn.Module):
     def __init__(self, width: int, hidden: int, n_heads: int, causal: bool, dropout: float = 0.0,
-                 gated: bool = False):
+                 gated: bool = False, rope_base: float | None = None):
         super().__init__()
         self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
         self.ln1 = nn.LayerNorm(width)
@@ -30,12 +31,20 @@ class Block(nn.Module):
         self.out = nn.Linear(hidden, width, bias=False)
         # G-SWA gate of a core block in parallel mode (lab.model.parallel).
         self.gate = Gate(n_heads, width // n_heads) if gated else None
+        # Rotary positions (model.positions=rope): queries and keys rotated by position.
+        self.rotary = Rotary(width // n_heads, rope_base) if rope_base is not None else None
 
     def attention(self, x: torch.Tensor, cache: KVCache | None = None,
-                  attend: Attend | None = None) -> torch.Tensor:
+                  attend: Attend | None = None, pos: int = 0) -> torch.Tensor:
+        """Self-attention of x, whose first position is `pos` (decoding: the cache's length)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, nh, T, hs)
+        if self.rotary is not None:
+            # Rotated before anything sees them: a cache stores rotated keys, and the attend
+            # hooks of parallel looping (and their gate, as in the reference inference code)
+            # get rotated queries.
+            q, k = self.rotary(q, k, pos)
         p = self.dropout if self.training else 0.0
         if attend is not None:
             y = attend(q, k, v, p)
@@ -55,8 +64,9 @@ class Block(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))  # y: (B, nh, T, hs)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                attend: Attend | None = None) -> torch.Tensor:
-        x = x + F.dropout(self.attention(self.ln1(x), cache, attend), self.dropout, self.training)
+                attend: Attend | None = None, pos: int = 0) -> torch.Tensor:
+        x = x + F.dropout(self.attention(self.ln1(x), cache, attend, pos), self.dropout,
+                          self.training)
         h = self.out(F.gelu(self.fc(self.ln2(x))))
         return x + F.dropout(h, self.dropout, self.training)
 

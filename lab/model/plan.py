@@ -49,6 +49,11 @@ class StackPlan:
     injection: str = "none"
     loop_mode: str = "serial"  # "serial" | "parallel"
     parallel: ParallelSpec = ParallelSpec()
+    # The recipe: where positions come from ("rope" | "learned" | "none") and whether the
+    # output head shares the token embedding's weights.
+    positions: str = "learned"
+    rope_base: float = 10000.0
+    tied: bool = False
 
     @property
     def n_blocks(self) -> int:
@@ -136,9 +141,16 @@ def _round_width(w: float, multiple: int) -> int:
     return max(multiple, int(round(w / multiple)) * multiple)
 
 
+def width_unit(cfg: ModelConfig) -> int:
+    """What every width is a multiple of: the head count, twice that with rotary positions
+    (which rotate pairs of a head's dimensions)."""
+    return cfg.n_heads * (2 if cfg.positions == "rope" else 1)
+
+
 def profile_widths(cfg: ModelConfig) -> tuple[int, ...]:
-    """Per-layer widths from the named profile (rounded to a multiple of n_heads)."""
+    """Per-layer widths from the named profile (named profiles round to a width_unit)."""
     L, d, f, h = cfg.n_layers, cfg.d_model, cfg.width_factor, cfg.n_heads
+    u = width_unit(cfg)
     a, b = resolve_band(cfg)
     in_band = [a <= i <= b for i in range(L)]
     p = cfg.width_profile
@@ -149,11 +161,11 @@ def profile_widths(cfg: ModelConfig) -> tuple[int, ...]:
     if p == "uniform":
         widths = [d] * L
     elif p == "wide_middle":
-        widths = [_round_width(d * f, h) if m else d for m in in_band]
+        widths = [_round_width(d * f, u) if m else d for m in in_band]
     elif p == "narrow_middle":
-        widths = [_round_width(d / f, h) if m else d for m in in_band]
+        widths = [_round_width(d / f, u) if m else d for m in in_band]
     elif p == "wide_ends":
-        widths = [d if m else _round_width(d * f, h) for m in in_band]
+        widths = [d if m else _round_width(d * f, u) for m in in_band]
     elif p == "explicit":
         if cfg.widths is None:
             raise ConfigError(
@@ -207,6 +219,30 @@ def _single_pass(cfg: ModelConfig, family: str) -> None:
         )
 
 
+def recipe(cfg: ModelConfig, widths: tuple[int, ...], ends: tuple[int, int]) -> dict:
+    """The plan's position and embedding keys, checked against its widths: rotary positions
+    rotate pairs of a head's dimensions, and a tied head needs the embedding's width."""
+    if cfg.positions == "rope":
+        odd = sorted({w // cfg.n_heads for w in widths if (w // cfg.n_heads) % 2})
+        if odd:
+            raise ConfigError(
+                "model.positions",
+                f"'rope' rotates pairs of a head's dimensions, but a head here has {odd[0]} "
+                f"(width / model.n_heads={cfg.n_heads}); use widths whose head size is even, "
+                "or model.positions=learned.",
+            )
+    first, last = (widths[i] for i in ends)
+    if cfg.tie_embeddings and first != last:
+        raise ConfigError(
+            "model.tie_embeddings",
+            f"a tied output head reuses the token embedding ({first} wide), but the last "
+            f"layer is {last} wide; set model.tie_embeddings=false or give the first and "
+            "last layers one width.",
+        )
+    return {"positions": cfg.positions, "rope_base": float(cfg.rope_base),
+            "tied": bool(cfg.tie_embeddings)}
+
+
 def _single_pass_plan(cfg: ModelConfig, family: str) -> StackPlan:
     _single_pass(cfg, family)
     widths = profile_widths(cfg)
@@ -220,6 +256,7 @@ def _single_pass_plan(cfg: ModelConfig, family: str) -> StackPlan:
         coda=(),
         loops=1,
         resize=cfg.resize,
+        **recipe(cfg, widths, (0, cfg.n_layers - 1)),
     )
 
 
@@ -271,6 +308,7 @@ def looped_plan(cfg: ModelConfig) -> StackPlan:
             gswa=cfg.plt_gswa,
             window=cfg.plt_window,
         ),
+        **recipe(cfg, widths, (0, cfg.n_layers - 1)),
     )
 
 
@@ -309,8 +347,12 @@ def count_params(plan: StackPlan, vocab_size: int, max_len: int) -> int:
     n = sum(block_params(w, h) for w, h in zip(plan.widths, plan.hidden, strict=True))
     if plan.gated:
         n += sum(gate_params(plan.widths[b], plan.n_heads) for b in plan.core)
-    n += (vocab_size + max_len) * plan.embed_width  # token + position embeddings
-    n += 2 * plan.out_width + plan.out_width * vocab_size  # final norm + head
+    n += vocab_size * plan.embed_width  # token embedding
+    if plan.positions == "learned":
+        n += max_len * plan.embed_width  # the positional table (rotary positions have none)
+    n += 2 * plan.out_width  # final norm
+    if not plan.tied:
+        n += plan.out_width * vocab_size  # the head (tied: the embedding's weights)
     if plan.resize == "linear":
         n += sum(plan.width_of(a) * plan.width_of(b) for a, b in plan.resized_transitions())
     return n
@@ -355,7 +397,7 @@ def match_params(cfg: ModelConfig, vocab_size: int, max_len: int) -> Match:
         return count_params(make_plan(replace(cfg, d_model=d, mlp_ratio=ratio, match_params=None)),
                             vocab_size, max_len)
 
-    h = cfg.n_heads
+    h = width_unit(cfg)  # widths move in these steps (rotary positions need even head sizes)
     candidates = range(h, 8 * max(cfg.d_model, ref_cfg.d_model) + h, h)
     best_d = min(candidates, key=lambda d: (abs(params_at(d, cfg.mlp_ratio) - target), d))
     best = Match(best_d, cfg.mlp_ratio, params_at(best_d, cfg.mlp_ratio), target)

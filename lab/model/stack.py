@@ -1,7 +1,9 @@
 """Stack: one module that executes any StackPlan.
 
-Pre-norm transformer blocks (attention through ``scaled_dot_product_attention``), learned
-absolute positions, an untied output head. The executor walks ``plan.order(r)``; whenever
+Pre-norm transformer blocks (attention through ``scaled_dot_product_attention``), rotary
+positions applied to queries and keys in every attention call (``positions="rope"``; or a
+learned absolute table added to the embedding, or none), and an output head tied to the token
+embedding or not. The executor walks ``plan.order(r)``; whenever
 the residual width changes between two consecutive blocks it applies the resize for that
 transition (a learned linear map, truncate / zero-pad, or truncate / restore: single-pass plans
 with ``resize="restore"`` carry the dropped dimensions in a :class:`~lab.model.blocks.Carry`
@@ -50,9 +52,12 @@ class Stack(nn.Module):
             check_loop_mode(plan.loop_mode, causal)
         self.plan, self.causal, self.max_len = plan, causal, max_len
         self.embed = nn.Embedding(vocab_size, plan.embed_width)
-        self.pos = nn.Embedding(max_len, plan.embed_width)
+        # The learned positional table (positions="learned"), the only use of max_len.
+        self.pos = nn.Embedding(max_len, plan.embed_width) if plan.positions == "learned" else None
+        rope = plan.rope_base if plan.positions == "rope" else None
         self.blocks = nn.ModuleList(
-            Block(w, h, plan.n_heads, causal, dropout, gated=plan.gated and i in plan.core)
+            Block(w, h, plan.n_heads, causal, dropout, gated=plan.gated and i in plan.core,
+                  rope_base=rope)
             for i, (w, h) in enumerate(zip(plan.widths, plan.hidden, strict=True))
         )
         self.resizers = nn.ModuleDict(
@@ -74,6 +79,9 @@ class Stack(nn.Module):
         for b in self.blocks:
             if b.gate is not None:
                 nn.init.normal_(b.gate.weight, std=0.02)
+        if plan.tied:
+            # After every draw, so that a tied and an untied model share their other weights.
+            self.head.weight = self.embed.weight
 
     @property
     def walk(self):
@@ -94,6 +102,8 @@ class Stack(nn.Module):
         return self.resizers[key](h)
 
     def embed_tokens(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        if self.pos is None:
+            return self.embed(x)  # (B, T, C0); rotary positions act inside attention
         T = x.shape[1]
         if offset + T > self.max_len:
             raise ValueError(f"sequence of {offset + T} tokens exceeds max_len={self.max_len}")
@@ -101,10 +111,11 @@ class Stack(nn.Module):
         return self.embed(x) + self.pos(pos)  # (B, T, C0)
 
     def run_blocks(self, h: torch.Tensor, prev: int, blocks: tuple[int, ...], caches=None,
-                   carry: Carry | None = None):
+                   carry: Carry | None = None, pos: int = 0):
+        """Run `blocks` on h (entered from block `prev`); h's first position is `pos`."""
         for b in blocks:
             h = self.move(h, prev, b, carry)
-            h = self.blocks[b](h, None if caches is None else caches.pop(0))
+            h = self.blocks[b](h, None if caches is None else caches.pop(0), pos=pos)
             prev = b
         return h, prev
 

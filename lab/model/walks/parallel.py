@@ -102,7 +102,7 @@ def decode(m: Stack, x: torch.Tensor, offset: int, cache: list, r: int) -> torch
     B, T = x.shape
     queue = list(cache)
     h = m.embed_tokens(x, offset)
-    h, prev = m.run_blocks(h, EMBED, plan.prelude, queue)
+    h, prev = m.run_blocks(h, EMBED, plan.prelude, queue, pos=offset)
     e = m.move(h, prev, core0)
     kv = [queue.pop(0) for _ in plan.core]
     if spec.shift and cache.carry is None:
@@ -115,7 +115,7 @@ def decode(m: Stack, x: torch.Tensor, offset: int, cache: list, r: int) -> torch
         prev = core0
         for j, b in enumerate(plan.core):
             hb = m.move(hb, prev, b)
-            hb = m.blocks[b](hb, attend=batched_attend(m, b, kv[j], r, offset))
+            hb = m.blocks[b](hb, attend=batched_attend(m, b, kv[j], r, offset), pos=offset)
             prev = b
         outs = hb.split(B)
         cache.carry = [m.move(o, core1, core0) for o in outs[:-1]]
@@ -126,9 +126,9 @@ def decode(m: Stack, x: torch.Tensor, offset: int, cache: list, r: int) -> torch
             h, prev = u, core0
             for j, b in enumerate(plan.core):
                 h = m.move(h, prev, b)
-                h = m.blocks[b](h, attend=cached_attend(m, b, kv[j], i, q_pos))
+                h = m.blocks[b](h, attend=cached_attend(m, b, kv[j], i, q_pos), pos=offset)
                 prev = b
-    h, prev = m.run_blocks(h, core1, plan.coda, queue)
+    h, prev = m.run_blocks(h, core1, plan.coda, queue, pos=offset)
     return m.logits_of(h)
 
 

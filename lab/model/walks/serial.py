@@ -56,10 +56,10 @@ def decode(m: Stack, x: torch.Tensor, offset: int, cache: list, r: int) -> torch
     plan = m.plan
     queue = list(cache)
     h = m.embed_tokens(x, offset)
-    h, prev = m.run_blocks(h, EMBED, plan.prelude, queue, m.new_carry())
+    h, prev = m.run_blocks(h, EMBED, plan.prelude, queue, m.new_carry(), pos=offset)
     e, e_src = h, prev
     for i in range(r if plan.core else 0):
         h = m.loop_input(h, i, e, e_src)
-        h, prev = m.run_blocks(h, plan.core[0], plan.core, queue)
-    h, prev = m.run_blocks(h, prev, plan.coda, queue)
+        h, prev = m.run_blocks(h, plan.core[0], plan.core, queue, pos=offset)
+    h, prev = m.run_blocks(h, prev, plan.coda, queue, pos=offset)
     return m.logits_of(h)
