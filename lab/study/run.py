@@ -42,6 +42,7 @@ from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
     has_work,
+    pair_items,
     queue_missing,
     reclaim_and_requeue,
     reclaim_dead_local_trials,
@@ -246,10 +247,26 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
             return 1
     shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
              else f"sampled by {abl.sampler}")
+    if abl.twins():
+        shape += (f"; {len(abl.twins())} setting(s) are the same model as another and share its "
+                  "trials (" + ", ".join(f"{escape(t)} = {escape(o)}"
+                                         for t, o in abl.twins().items()) + ")")
     rc = run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, workers,
                    received)
     if rc:
         return rc
+    while abl.sequential:
+        from lab.study.seeding import next_round
+
+        grow = next_round(abl, study)
+        if not grow:
+            break
+        console.print(f"[bold]sequential seeds[/bold]: {len(grow)} setting(s) with an open "
+                      f"comparison get one more seed: " + escape(", ".join(grow)), highlight=False)
+        rc = run_phase(console, abl, storage, abl.study, "next round", [(study, None)], argv,
+                       workers, received)
+        if rc:
+            return rc
     failed = failed_for_good(study, abl)
     if failed:
         console.print(f"[red]{len(failed)} trials failed for good[/red] (each failed the same "
@@ -284,11 +301,12 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 queue_missing(st, work(items))
 
     def n_done() -> int:
-        return sum(count_done(st.get_trials(deepcopy=False), work(items)) for st, items in studies)
+        return sum(count_done(st.get_trials(deepcopy=False), work(items), st)
+                   for st, items in studies)
 
     total = sum(len(items) if items is not None else
-                (len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials)
-                for _, items in studies)
+                (len(pair_items(abl, st)) if abl.sampler == "grid" else abl.n_trials)
+                for st, items in studies)
     done = n_done()
     threads = abl.config().train.threads  # train.threads (default 1), as the config says
     n_workers = default_workers(abl, workers, threads)
@@ -365,10 +383,10 @@ def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
         return []
     final = final_pairs(study.get_trials(deepcopy=False))
     out = []
-    for setting, seed in abl.pairs():
-        reason = final.get(pair_key(pair_params(setting.params, seed)))
+    for label, _, params, seed in pair_items(abl, study):
+        reason = final.get(pair_key(pair_params(params, seed)))
         if reason is not None and not reason.startswith(FINAL_FAILURES):
-            out.append((setting.label, seed, reason))
+            out.append((label, seed, reason))
     return out
 
 
