@@ -12,6 +12,7 @@ from lab.errors import LabError
 from lab.provenance import git_info
 from lab.study.attrs import (
     AXIS_ATTR,
+    BUDGETS_ATTR,
     CONFIG_ERROR,
     CORRUPT_CHECKPOINT,
     CURVE_ATTR,
@@ -260,8 +261,9 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         cfg.train.threads = threads
         cfg.train.progress = False
         cfg.resume = retry
-        if steps is not None:  # tuning: its budget, no cost pass or diagnostics
+        if steps is not None:  # tuning: its budget, no cost pass, diagnostics or branches
             cfg.train.steps = steps
+            cfg.train.budgets = None
             cfg.eval.cost = cfg.eval.diagnostics = False
         trial.set_user_attr(GIT_ATTR, git_info())
         trial.set_user_attr(THREADS_ATTR, threads)
@@ -320,6 +322,11 @@ def record(res) -> dict[str, Any]:
         "mlp_hidden": res.plan["hidden"],
         CURVE_ATTR: curve_columns(res.curve),
     })
+    if res.budgets:
+        out[BUDGETS_ATTR] = clean(res.budgets)
+        # Training steps of the decayed branches (lab.train.budgets), beyond the run's own.
+        out["branch_steps"] = sum(b["steps"] - b["branch_point"] for b in res.budgets.values()
+                                  if b.get("branch_point") is not None)
     return out
 
 

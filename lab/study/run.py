@@ -56,7 +56,14 @@ from lab.study.storage import (
     redact_url,
     storage_errors,
 )
-from lab.study.tune import freeze_choices, open_tune_study, tune_items
+from lab.study.tune import (
+    extend_edges,
+    freeze_choices,
+    open_tune_study,
+    setting_points,
+    tune_items,
+    tuned_settings,
+)
 from lab.train.run import task_record
 
 
@@ -228,14 +235,26 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
     # The storage URL (it may hold a password) reaches workers by environment, never argv.
     argv = [str(abl.path), *(o for o in overrides or [] if not o.startswith("storage="))]
     if abl.tune is not None:
-        tuning = [(open_tune_study(abl, s, storage), tune_items(abl)) for s in abl.settings()]
-        points = len(abl.tune.grid())
-        shape = (f"{len(tuning)} settings x {points} points x {len(abl.tune.seeds)} tuning "
-                 f"seed(s), {abl.tune.budget:g}x the steps, pruner {abl.tune.pruner}")
-        rc = run_phase(console, abl, storage, f"{abl.study} (tuning)", shape, tuning,
-                       [*argv, "--phase", "tune"], workers, received)
-        if rc not in (0, 1):
-            return rc
+        rounds = 0
+        while True:
+            tuning = [(st, tune_items(abl, s, st)) for s in tuned_settings(abl)
+                      for st in [open_tune_study(abl, s, storage)]]
+            points = max(len(setting_points(abl, s, st)) for s, (st, _) in
+                         zip(tuned_settings(abl), tuning, strict=True))
+            shape = (f"{len(tuning)} settings x up to {points} points x {len(abl.tune.seeds)} "
+                     f"tuning seed(s), {abl.tune.budget:g}x the steps"
+                     + (", one learning rate per arm" if abl.tune.share == "arm" else ""))
+            title = f"{abl.study} (tuning)" if not rounds else f"{abl.study} (tuning, grid grown)"
+            rc = run_phase(console, abl, storage, title, shape, tuning,
+                           [*argv, "--phase", "tune"], workers, received)
+            if rc not in (0, 1):
+                return rc
+            rounds += 1
+            grown = extend_edges(abl, storage) if rc == 0 else 0
+            if not grown:
+                break
+            console.print(f"  {grown} tuning point(s) added where the best point was at the "
+                          "edge of its grid", highlight=False)
         tuned = freeze_choices(abl, study, storage)
         for label, t in tuned.items():
             chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

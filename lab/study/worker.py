@@ -32,7 +32,7 @@ from lab.study.storage import (
     quiet_optuna,
     trial_id,
 )
-from lab.study.tune import open_tune_study, tune_items
+from lab.study.tune import open_tune_study, tune_items, tuned_settings
 from lab.train import quiet_lightning
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -149,10 +149,11 @@ def work(args) -> int:
 
     seeds = stored_seed_choices(study.get_trials(deepcopy=False))
     if args.phase == "tune":
-        drain([(open_tune_study(abl, setting, storage), tune_items(abl),
+        drain([(st, tune_items(abl, setting, st),
                 make_objective(abl, args.threads, args.runs, release=release,
                                tune_setting=setting))
-               for setting in abl.settings()], storage, abl, acquire, release)
+               for setting in tuned_settings(abl)
+               for st in [open_tune_study(abl, setting, storage)]], storage, abl, acquire, release)
         return 0
     objective = make_objective(abl, args.threads, args.runs, release=release, seed_choices=seeds)
     if abl.sampler == "tpe":
