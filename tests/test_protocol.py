@@ -81,9 +81,16 @@ def test_tuned_sweep_runs_each_setting_at_its_fitted_rate(tmp_path):
     assert main(["sweep", str(path), "--workers", "2"]) == 0
     storage = "sqlite:///studies/tuned.db"
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    assert names == {"tuned", "tuned/tune/looped, loops=1", "tuned/tune/looped, loops=2"}
     main_study = optuna.load_study(study_name="tuned", storage=storage)
     tuned = main_study.user_attrs["lab.tuned"]
+    lr1, lr2 = (tuned[f"looped, loops={r}"]["params"]["train.lr"] for r in (1, 2))
+    # The headline comparison again at one rate: loops=2 at the rate of loops=1.
+    recheck = main_study.user_attrs.get("lab.recheck")
+    assert names == {"tuned", "tuned/tune/looped, loops=1", "tuned/tune/looped, loops=2",
+                     *(["tuned/recheck"] if lr1 != lr2 else [])}
+    if lr1 != lr2:
+        assert recheck["point"] == {"train.lr": lr1} and recheck["label"] == "looped, loops=2"
+        assert sorted(recheck["values"]) == ["0", "1"]
     for label in ("looped, loops=1", "looped, loops=2"):
         tstudy = optuna.load_study(study_name=f"tuned/tune/{label}", storage=storage)
         done = [t for t in tstudy.trials if t.state.name == "COMPLETE"]
@@ -117,6 +124,7 @@ def test_tuned_sweep_runs_each_setting_at_its_fitted_rate(tmp_path):
     report = Path("reports/tuned/report.md").read_text()
     assert "| looped, loops=1 |" in report
     assert "| looped | lr=0.002 | 2 |" in report  # the ranking at every tuning point
+    assert ("one common learning rate: looped, loops=2 trained again" in report) == (lr1 != lr2)
     # Resuming changes nothing: the choice is frozen and every trial is done.
     assert main(["sweep", str(path), "--workers", "2"]) == 0
     again = optuna.load_study(study_name="tuned", storage=storage)

@@ -347,6 +347,7 @@ def robustness_lines(sa: StudyAnalysis) -> list[str]:
             f"with any one of the {len(pairs)} seeds left out, the verdict says the same."
             if not moved else "the verdict changes without seed "
             + ", ".join(map(str, moved)) + f" (of {len(pairs)} seeds): it rests on those seeds."))
+    lines += recheck_lines(sa)
     sr = seed_robustness(sa)
     for g, pairs in sr.items():
         bests = {b for _, b in pairs}
@@ -360,6 +361,35 @@ def robustness_lines(sa: StudyAnalysis) -> list[str]:
     if sr:
         lines.append("")
     return lines
+
+
+def recheck_lines(sa: StudyAnalysis) -> list[str]:
+    """The headline comparison again at one common learning rate (lab.study.recheck)."""
+    from lab.stats.family import decide
+    from lab.stats.verdicts import Gain, amount, compare
+    from lab.study.attrs import RECHECK_ATTR
+
+    rc = sa.study.user_attrs.get(RECHECK_ATTR) if sa.study is not None else None
+    if not rc or not rc.get("values"):
+        return []
+    ref = next((s for s in sa.stats if s.setting == rc["reference"]), None)
+    best = next((s for s in sa.stats if s.setting == rc["label"]), None)
+    if ref is None or best is None:
+        return []
+    before = sa.decision(ref, best)
+    again = replace(best, values=[rc["values"][k] for k in sorted(rc["values"], key=int)])
+    c = compare(ref, again, sa.verdict_options)
+    now = decide(c, 1 - sa.confidence)
+    lo, hi = c.interval(sa.confidence)
+    lr = next(iter(rc["point"].values()))
+    held = now.outcome == before.outcome
+    return [f"- one common learning rate: {rc['label']} trained again on the seeds of "
+            f"{rc['reference']} at its learning rate ({lr:.3g}) gives "
+            f"{amount(Gain(ref.setting, best.setting, c.diff, lo, hi), sa.verdict_options)} "
+            f"against it ({now.outcome}, tested alone); at their own rates the decision was "
+            f"{before.outcome}: " + ("it holds at one rate." if held else
+                                      "**it does not hold at one rate**: part of the "
+                                      "difference is the learning rate."), ""]
 
 
 def fit_text(t: dict) -> str:

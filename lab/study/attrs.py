@@ -61,6 +61,9 @@ LOOKS_ATTR = "lab.looks"
 # On a tuning study: grid points added beyond the ablation's grid (the best point was at an
 # edge), [{key: value}, ...].
 TUNE_EXTRA_ATTR = "lab.tune_extra"
+# The headline comparison at one learning rate (lab.study.recheck): on the recheck study its
+# plan {setting, label, reference, point, seeds}; on the main study the plan with "values".
+RECHECK_ATTR = "lab.recheck"
 
 # Seeds are suggested as an integer over this range (grid studies), so that asking for more
 # seeds later keeps the distribution compatible; studies made before stored a categorical.

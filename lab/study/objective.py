@@ -39,6 +39,7 @@ from lab.study.attrs import (
 )
 from lab.study.hparams import hparam_domain, trial_hparams
 from lab.study.queue import worker_identity
+from lab.study.recheck import RECHECK_GROUP
 from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
 from lab.study.tune import TUNE_GROUP, point_label, tune_objective_key, tuned_params
@@ -198,8 +199,11 @@ def pruning_callback(trial, monitor: str, prune: bool = True):
     return StepPruning(trial, monitor=monitor)
 
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
-                   tune_setting: Setting | None = None, seed_choices: list | None = None):
-    """The objective of the measured trials, or of one setting's tuning trials."""
+                   tune_setting: Setting | None = None, seed_choices: list | None = None,
+                   recheck: bool = False):
+    """The objective of the measured trials, of one setting's tuning trials, or (recheck) of
+    a setting measured again at another setting's learning rate (lab.study.recheck): the
+    tuning machinery's point, the measured seeds, validation split and full budget."""
     import optuna
 
     domain = hparam_domain(abl)
@@ -249,6 +253,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
             name, objective_key = f"{abl.study}-tune", tune_objective_key(abl.objective)
             splits = ("tune",)
             steps = max(1, round(abl.tune.budget * abl.config().train.steps))
+            if recheck:
+                group, name = RECHECK_GROUP, f"{abl.study}-recheck"
+                objective_key, splits = abl.objective, EVAL_SPLITS
+                steps = abl.config().train.steps
         trial.set_user_attr(SETTING_ATTR, label)
         trial.set_user_attr(GROUP_ATTR, group)
         if axis is not None:

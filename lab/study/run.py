@@ -286,6 +286,9 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
                        workers, received)
         if rc:
             return rc
+    rc = recheck_phase(console, abl, storage, study, argv, workers, received)
+    if rc:
+        return rc
     failed = failed_for_good(study, abl)
     if failed:
         console.print(f"[red]{len(failed)} trials failed for good[/red] (each failed the same "
@@ -295,6 +298,35 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
         console.print("Fix the cause, then run those pairs in a new study (study=<new-name>).")
         return 1
     return 0
+
+
+def recheck_phase(console, abl: Ablation, storage, study, argv: list[str], workers: int | None,
+                  received: list[int]) -> int:
+    """The primary arm's best setting again at its reference's learning rate
+    (lab.study.recheck), when settings were tuned one by one."""
+    from lab.study.recheck import (
+        RECHECK_ATTR,
+        open_recheck_study,
+        plan_recheck,
+        recheck_items,
+        record_recheck,
+    )
+
+    if abl.tune is None or abl.sampler != "grid":
+        return 0
+    stored = study.user_attrs.get(RECHECK_ATTR)
+    plan = ({k: v for k, v in stored.items() if k != "values"} if stored else
+            plan_recheck(abl, study))
+    if plan is None:
+        return 0
+    rstudy = open_recheck_study(abl, storage, plan)
+    shape = (f"{plan['label']} at the learning rate of {plan['reference']} "
+             f"({plan['point']}), {len(plan['seeds'])} seeds")
+    rc = run_phase(console, abl, storage, f"{abl.study} (one common learning rate)", shape,
+                   [(rstudy, recheck_items(plan))], [*argv, "--phase", "recheck"], workers,
+                   received)
+    record_recheck(study, rstudy)
+    return rc
 
 
 def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: list[tuple],

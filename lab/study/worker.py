@@ -105,7 +105,7 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("ablation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--phase", choices=("tune", "measure"), default="measure")
+    ap.add_argument("--phase", choices=("tune", "measure", "recheck"), default="measure")
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
@@ -154,6 +154,18 @@ def work(args) -> int:
                                tune_setting=setting))
                for setting in tuned_settings(abl)
                for st in [open_tune_study(abl, setting, storage)]], storage, abl, acquire, release)
+        return 0
+    if args.phase == "recheck":
+        from lab.study.recheck import RECHECK_ATTR, open_recheck_study, recheck_items
+
+        rstudy = open_recheck_study(abl, storage)
+        plan = rstudy.user_attrs.get(RECHECK_ATTR)
+        if plan:
+            setting = next(s for s in abl.settings() if s.label == plan["setting"])
+            drain([(rstudy, recheck_items(plan),
+                    make_objective(abl, args.threads, args.runs, release=release,
+                                   tune_setting=setting, recheck=True))],
+                  storage, abl, acquire, release)
         return 0
     objective = make_objective(abl, args.threads, args.runs, release=release, seed_choices=seeds)
     if abl.sampler == "tpe":
