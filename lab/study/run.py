@@ -113,6 +113,15 @@ def create_or_load_study(abl: Ablation, storage=None):
         check_seeds(study, abl)
     elif old != fp:
         prev = stored_identity(study)
+        recipe = recipe_change(prev, ident)
+        if recipe:
+            then = " ".join(f"{k}={json.dumps(v)}" for k, v in recipe.items())
+            raise LabError(
+                f"study '{abl.study}' in {redact_url(abl.storage)} was made with the earlier model "
+                f"recipe ({then}); this run uses the current one (rotary positions, tied "
+                f"embeddings), so it is a new study: start it with study=<new-name> (e.g. "
+                f"study={abl.study}-rope), or report and resume the old one with its recipe "
+                f"(add the overrides {then}).")
         raise LabError(
             f"study '{abl.study}' in {redact_url(abl.storage)} was created with a different "
             f"{first_difference(prev, ident)}. Resuming would mix incomparable trials. Start a new "
@@ -127,6 +136,20 @@ def create_or_load_study(abl: Ablation, storage=None):
             meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(abl.seeds))
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
+
+RECIPE_KEYS = ("model.positions", "model.tie_embeddings")
+
+
+def recipe_change(prev: dict, ident: dict) -> dict:
+    """{key: the value the study ran with} when the two identities differ in the model
+    recipe (positions, tied embeddings) and in nothing else; else {}."""
+    fa, fb = flatten(prev), flatten(ident)
+    diff = {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)}
+    keys = {f"base.{k}" for k in RECIPE_KEYS}
+    if not diff or not diff <= keys:
+        return {}
+    return {k.split(".", 1)[1]: fa.get(k) for k in sorted(diff)}
+
 
 def stored_identity(study) -> dict:
     """The study's stored identity; for a study made when fewer keys were in the identity,

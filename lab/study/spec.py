@@ -80,6 +80,10 @@ ADDED_IDENTITY_KEYS = {
     "train.precision": "auto",
     "train.decay_fraction": 0.2,  # the wsd schedule's decay (unused by cosine and constant)
     "eval.solve_threshold": 0.95,  # per-difficulty summaries
+    # The recipe before rotary positions and tied embeddings: studies made then ran with a
+    # learned positional table and an untied head, and their identity says so.
+    "model.positions": "learned", "model.rope_base": 10000.0, "model.tie_embeddings": False,
+    "train.budgets": None,
 }
 
 
