@@ -172,6 +172,10 @@ class LabConfig:
     # Run name: runs/<name>/version_<n>. None = derived from task and family.
     name: str | None = None
     seed: int = 0
+    # Added to `seed` for the model's initialization and the data stream: the same setting on
+    # other seeds (an A/A control: two settings that differ only in this are one model on
+    # independent seed streams). Studies sweep `seed`; this shifts a setting's every seed.
+    seed_offset: int = 0
     resume: bool = False
     out_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -323,6 +327,11 @@ def load_config(
     return obj
 
 
+def run_seed(cfg: LabConfig) -> int:
+    """The seed a run draws its initialization and data from: seed + seed_offset."""
+    return cfg.seed + cfg.seed_offset
+
+
 def to_dict(cfg: LabConfig) -> dict[str, Any]:
     """Plain, YAML-serialisable dict of a config."""
     out = dataclasses.asdict(cfg)
@@ -374,6 +383,8 @@ SEED_MAX = 2**32 - 1  # numpy's and Lightning's limit
 def validate(cfg: LabConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.eval
     _need(0 <= cfg.seed <= SEED_MAX, "seed", f"must be in [0, {SEED_MAX}], got {cfg.seed}.")
+    _need(cfg.seed_offset >= 0 and cfg.seed + cfg.seed_offset <= SEED_MAX, "seed_offset",
+          f"must be >= 0 with seed + seed_offset <= {SEED_MAX}, got {cfg.seed_offset}.")
     for key, value in (("model.loops", m.loops), ("model.eval_loops", m.eval_loops),
                        ("model.exit_max_loops", m.exit_max_loops),
                        ("model.loops_range", max(m.loops_range or [0]))):

@@ -148,3 +148,11 @@ def test_adaptive_exit_in_validation_logs_mean_loops(debug_cfg):
                           "model.exit=update_norm", "model.exit_threshold=1e9"))
     assert res.metrics["val/mean_loops"] == 1.0
     assert list(res.adaptive) == ["update_norm"]
+
+
+def test_seed_offset_shifts_the_seed_stream(debug_cfg):
+    # An A/A control's second setting: the same model on the seed stream seed + offset.
+    a = train(debug_cfg("name=a", "seed=1"))
+    b = train(debug_cfg("name=b", "seed=0", "seed_offset=1"))
+    c = train(debug_cfg("name=c", "seed=0"))
+    assert a.metrics == b.metrics and a.metrics != c.metrics

@@ -83,7 +83,7 @@ ADDED_IDENTITY_KEYS = {
     # The recipe before rotary positions and tied embeddings: studies made then ran with a
     # learned positional table and an untied head, and their identity says so.
     "model.positions": "learned", "model.rope_base": 10000.0, "model.tie_embeddings": False,
-    "train.budgets": None,
+    "train.budgets": None, "seed_offset": 0,
 }
 
 

@@ -46,6 +46,7 @@ def computation_key(cfg) -> str:
             "parallel": asdict(plan.parallel) if m.loop_mode == "parallel" else None,
             "exit": (m.exit, m.exit_threshold, m.exit_max_loops)},
         "dropout": m.dropout,
+        "seed_offset": cfg.seed_offset,
         "train": to_dict(cfg)["train"] | {"threads": None, "progress": None},
         "task": to_dict(cfg)["task"],
         "eval": to_dict(cfg)["eval"],

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lab.config import LabConfig
+from lab.config import LabConfig, run_seed
 from lab.eval.metrics import EVAL_BATCH
 from lab.tasks import Task, eval_set
 
@@ -57,7 +57,7 @@ class TaskData(pl.LightningDataModule):
     def train_dataloader(self):
         # Called after a checkpoint is restored, so a resumed run continues the stream.
         start = self.trainer.global_step if self.trainer is not None else 0
-        return DataLoader(TrainStream(self.task, self.cfg.train.batch_size, self.cfg.seed, start),
+        return DataLoader(TrainStream(self.task, self.cfg.train.batch_size, run_seed(self.cfg), start),
                           batch_size=None)
 
     def val_dataloader(self):

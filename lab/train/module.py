@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
-from lab.config import LabConfig
+from lab.config import LabConfig, run_seed
 from lab.eval.adaptive import exit_settings
 from lab.eval.metrics import Accuracy, Diagnostics
 from lab.model import StackPlan, build_model
@@ -40,7 +40,7 @@ def sample_loops(cfg: LabConfig, step: int) -> int:
     if m.loop_sampling == "fixed":
         return m.loops
     lo, hi = m.loops_range if m.loops_range is not None else (1, 2 * m.loops)
-    g = torch.Generator().manual_seed(mix(cfg.seed, step, 0x100F5))
+    g = torch.Generator().manual_seed(mix(run_seed(cfg), step, 0x100F5))
     if m.loop_sampling == "uniform":
         return int(torch.randint(lo, hi + 1, (1,), generator=g))
     r = int(torch.poisson(torch.tensor([float(m.loops)]), generator=g))

@@ -17,7 +17,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from lab.config import LabConfig, flatten, to_dict
+from lab.config import LabConfig, flatten, run_seed, to_dict
 from lab.errors import LabError
 from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
@@ -217,7 +217,7 @@ def train(
 def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress, resume_from,
          hparams: dict[str, Any], hparam_domain: dict[str, list] | None,
          eval_splits: tuple[str, ...]) -> RunResult:
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(run_seed(cfg), workers=True, verbose=False)
     module = LabModule(cfg, task, plan, eval_splits)
     if cfg.train.compile:
         module.model.compile()
@@ -308,7 +308,7 @@ def train_budgets(cfg: LabConfig, task, plan: StackPlan, run_dir: Path,
         if key in done:
             continue
         bcfg = budget_config(cfg, steps)
-        pl.seed_everything(bcfg.seed, workers=True, verbose=False)
+        pl.seed_everything(run_seed(bcfg), workers=True, verbose=False)
         module = LabModule(bcfg, task, plan, eval_splits)
         if bcfg.train.compile:
             module.model.compile()
