@@ -222,10 +222,6 @@ def drain(queues: list[tuple], storage, abl, acquire, release) -> None:
             items = next(i for s, i, _ in queues if s is study)
             with queue_lock(abl.storage, storage, study.study_name):
                 queue_missing(study, abl if items is None else items)
-        if is_deterministic_failure(storage.get_trial(claimed)):
-            # Retried once now (from its checkpoint); failing again makes the pair final.
-            with queue_lock(abl.storage, storage, abl.study):
-                queue_missing(study, abl)
 
 
 if __name__ == "__main__":
