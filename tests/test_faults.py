@@ -8,10 +8,14 @@ Every test runs in its own temporary directory (see conftest.py) on debug-sized 
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
+
+from lab.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "configs" / "debug.yaml"
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -63,3 +67,35 @@ def test_failing_tuning_trial_never_queues_measured_seeds(tmp_path):
     assert [t.params["seed"] for t in trials] == [100, 100], [t.params for t in trials]
     assert all(t.state == TrialState.FAIL for t in trials)
     assert not load("tuneoom").trials  # the main study was not touched
+
+
+# --------------------------------------------------------------------------------------------
+# Study names are names, not paths
+
+
+def nothing_written(where: Path) -> bool:
+    return not any((where / d).exists() for d in ("studies", "runs", "reports"))
+
+
+@pytest.mark.parametrize("name", ["../../trav", "a/b", "..", "x..y", "a\\b", ".hidden", "-x",
+                                  "a b", "caf\u00e9", "x" * 101, ""])
+def test_study_name_that_is_not_a_plain_name_is_refused(name, tmp_path, capsys):
+    for cmd in ("sweep", "report", "export", "rerun"):
+        args = [cmd, str(TINY), *(["loops=1"] if cmd == "rerun" else []), f"study={name}"]
+        assert main(args) == 2, cmd
+        err = capsys.readouterr().err
+        assert "not a plain name" in err and "study=loops-v2" in err and "Traceback" not in err
+    assert nothing_written(tmp_path) and nothing_written(tmp_path.parent.parent)
+
+
+def test_ablation_name_that_is_a_path_is_refused(tmp_path, capsys):
+    path = tmp_path / "trav.yaml"
+    path.write_text(TINY.read_text().replace("name: tiny", "name: ../../trav"))
+    assert main(["sweep", str(path), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "name '../../trav' is not a plain name" in err and "trav.yaml" in err
+    assert nothing_written(tmp_path) and nothing_written(tmp_path.parent.parent)
+    # Config overrides append a hash to a plain name, which stays a plain name.
+    from lab.study.spec import load_ablation
+
+    assert load_ablation(TINY, ["train.steps=7"]).study.startswith("tiny-")
