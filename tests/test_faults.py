@@ -5,6 +5,7 @@ outage, and secrets in storage URLs.
 Every test runs in its own temporary directory (see conftest.py) on debug-sized ablations.
 """
 
+import os
 from pathlib import Path
 
 import optuna
@@ -99,3 +100,44 @@ def test_ablation_name_that_is_a_path_is_refused(tmp_path, capsys):
     from lab.study.spec import load_ablation
 
     assert load_ablation(TINY, ["train.steps=7"]).study.startswith("tiny-")
+
+
+# --------------------------------------------------------------------------------------------
+# A FIFO or a device behind a symlink in a text corpus: skipped and counted
+
+
+def test_special_files_in_a_corpus_are_skipped_without_blocking(tmp_path):
+    import threading
+
+    from test_text import random_files, split_of, text, write_corpus
+
+    root = write_corpus(tmp_path / "c", random_files(0))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (root / "d0" / "pipe.py").symlink_to(fifo)  # opening it for reading blocks until a writer
+    (root / "d1" / "zero.py").symlink_to("/dev/zero")  # a device that never ends
+    done, unblocked = threading.Event(), []
+
+    def watchdog():
+        # A reader blocked on the FIFO is released by opening its other end (so that a
+        # failing test fails instead of hanging); that it had to be is the failure.
+        if done.wait(10.0):
+            return
+        while not done.is_set():
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                unblocked.append(True)
+            except OSError:  # no reader right now
+                pass
+            done.wait(0.1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        task = text(root, tmp_path)
+    finally:
+        done.set()
+    assert not unblocked, "reading the corpus blocked on a FIFO"
+    prov = task.provenance()
+    assert prov["skipped_special"] == 2 and prov["skipped_binary"] == 0
+    rels = set(split_of(task))
+    assert not rels & {"d0/pipe.py", "d1/zero.py"} and "d0/f0.py" in rels

@@ -54,6 +54,7 @@ import math
 import os
 import platform
 import shutil
+import stat
 import sysconfig
 import tempfile
 from dataclasses import dataclass, field
@@ -212,13 +213,35 @@ def _holdout_by_hash(names: list[str], fraction: float, salt: str) -> set[str]:
     return chosen
 
 
-def _is_binary(f: _File, key: str) -> bool:
+def _open_regular(path: str, key: str):
+    """`path` opened for reading, or None when it is not a regular file: a FIFO, socket or
+    device (also behind a symlink) can block an open or a read forever, or never end. The
+    file is opened without blocking and checked again on the open descriptor, so a path
+    swapped for a FIFO after the check cannot block either."""
     try:
-        with open(f.path, "rb") as fh:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise ConfigError(key, f"cannot read file '{path}': {e.strerror}.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def _probe(f: _File, key: str) -> str:
+    """"text", "binary" (a NUL byte in the first BINARY_PROBE bytes) or "special" (not a
+    regular file)."""
+    fh = _open_regular(f.path, key)
+    if fh is None:
+        return "special"
+    try:
+        with fh:
             head = fh.read(BINARY_PROBE)
     except OSError as e:
         raise ConfigError(key, f"cannot read file '{f.path}': {e.strerror}.") from None
-    return b"\0" in head
+    return "binary" if b"\0" in head else "text"
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,16 +367,19 @@ class TextTask(Task):
         }, unit
 
     def _build(self, files: list[_File], ood_files: list[_File]) -> None:
-        binary = [f for f in files if _is_binary(f, "task.path")]
-        binary += [f for f in ood_files if _is_binary(f, "task.ood_path")]
-        skip = set(binary)
-        kept = [f for f in files if f not in skip]
-        kept_ood = [f for f in ood_files if f not in skip]
+        kind = {f: _probe(f, "task.path") for f in files}
+        kind.update({f: _probe(f, "task.ood_path") for f in ood_files})
+        binary = [f for f in files + ood_files if kind[f] == "binary"]
+        special = [f for f in files + ood_files if kind[f] == "special"]  # FIFOs, devices, ...
+        kept = [f for f in files if kind[f] == "text"]
+        kept_ood = [f for f in ood_files if kind[f] == "text"]
         if not kept:
             raise ConfigError("task.include", f"all {len(files)} matching files are binary (a NUL "
-                                              "byte in their first 8 KiB); nothing to train on.")
+                                              "byte in their first 8 KiB) or not regular files; "
+                                              "nothing to train on.")
         if self.ood_roots and not kept_ood:
-            raise ConfigError("task.ood_path", f"all {len(ood_files)} matching files are binary.")
+            raise ConfigError("task.ood_path", f"all {len(ood_files)} matching files are binary "
+                                               "or not regular files.")
         splits, unit = self._assign(kept, kept_ood)
         try:
             self.cache_root.mkdir(parents=True, exist_ok=True)
@@ -364,7 +390,8 @@ class TextTask(Task):
         try:
             content = hashlib.sha256()
             meta: dict[str, Any] = {"version": CACHE_VERSION, "key": self.key, "ood_unit": unit,
-                                    "skipped_binary": [f.path for f in binary], "splits": {}}
+                                    "skipped_binary": [f.path for f in binary],
+                                    "skipped_special": [f.path for f in special], "splits": {}}
             for split in SPLITS:
                 table, offset = [], 0
                 hist = np.zeros(256, dtype=np.int64)
@@ -373,8 +400,12 @@ class TextTask(Task):
                         key = "task.ood_path" if f.root >= len(self.roots) else "task.path"
                         n = 0
                         content.update(f"{split}\0{f.rel}\0".encode("utf-8", "surrogateescape"))
+                        fh = _open_regular(f.path, key)
+                        if fh is None:
+                            raise ConfigError(key, f"'{f.path}' stopped being a regular file "
+                                                   "while the corpus was read; run again.")
                         try:
-                            with open(f.path, "rb") as fh:
+                            with fh:
                                 while chunk := fh.read(_CHUNK):
                                     out.write(chunk)
                                     content.update(chunk)
@@ -496,6 +527,7 @@ class TextTask(Task):
             "bytes": {s: m["splits"][s]["bytes"] for s in SPLITS},
             "windows": dict(self.n_windows),
             "skipped_binary": len(m["skipped_binary"]),
+            "skipped_special": len(m.get("skipped_special", [])),
             "content_sha256": m["content_sha256"],
             "cache": str(self.cache),
             "chance": self.chance,
