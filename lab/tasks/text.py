@@ -15,7 +15,8 @@ a pattern without ``/`` matches any path component (``*.py``, ``tests``, ``__ini
 pattern with ``/`` is anchored at the root and matches the path or one of its leading
 directories (``test/data``, ``/email``). Directories named in :data:`SKIP_DIRS`
 (``__pycache__``, ``site-packages``, ``.git``, ...) are never entered. Binary files (a NUL
-byte in their first 8 KiB) are skipped and counted in :meth:`TextTask.provenance`.
+byte in their first 8 KiB) are skipped and counted in :meth:`TextTask.provenance`, and so are
+files that are not regular files (FIFOs, sockets, devices), which are never read.
 
 Splits are by file, a pure function of each file's relative path (never of a position inside
 a file):
