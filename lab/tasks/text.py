@@ -15,8 +15,8 @@ a pattern without ``/`` matches any path component (``*.py``, ``tests``, ``__ini
 pattern with ``/`` is anchored at the root and matches the path or one of its leading
 directories (``test/data``, ``/email``). Directories named in :data:`SKIP_DIRS`
 (``__pycache__``, ``site-packages``, ``.git``, ...) are never entered. Binary files (a NUL
-byte in their first 8 KiB) are skipped and counted in :meth:`TextTask.provenance`, and so are
-files that are not regular files (FIFOs, sockets, devices), which are never read.
+byte in their first 8 KiB) and special files (FIFOs, devices) are skipped and counted in
+:meth:`TextTask.provenance`.
 
 Splits are by file, a pure function of each file's relative path (never of a position inside
 a file):
@@ -55,7 +55,6 @@ import math
 import os
 import platform
 import shutil
-import stat
 import sysconfig
 import tempfile
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ import torch
 
 from lab.errors import ConfigError
 from lab.tasks.base import SPLITS, Task
+from lab.tasks.files import open_regular
 
 CACHE_VERSION = 2  # 2: a tune split
 # Directories below a root that are never entered.
@@ -214,35 +214,16 @@ def _holdout_by_hash(names: list[str], fraction: float, salt: str) -> set[str]:
     return chosen
 
 
-def _open_regular(path: str, key: str):
-    """`path` opened for reading, or None when it is not a regular file: a FIFO, socket or
-    device (also behind a symlink) can block an open or a read forever, or never end. The
-    file is opened without blocking and checked again on the open descriptor, so a path
-    swapped for a FIFO after the check cannot block either."""
+def _is_binary(f: _File, key: str) -> bool | None:
+    """A NUL byte in the first BINARY_PROBE bytes; None: not a regular file (never read)."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if (fh := open_regular(f.path)) is None:
             return None
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    except OSError as e:
-        raise ConfigError(key, f"cannot read file '{path}': {e.strerror}.") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
-
-
-def _probe(f: _File, key: str) -> str:
-    """"text", "binary" (a NUL byte in the first BINARY_PROBE bytes) or "special" (not a
-    regular file)."""
-    fh = _open_regular(f.path, key)
-    if fh is None:
-        return "special"
-    try:
         with fh:
             head = fh.read(BINARY_PROBE)
     except OSError as e:
         raise ConfigError(key, f"cannot read file '{f.path}': {e.strerror}.") from None
-    return "binary" if b"\0" in head else "text"
+    return b"\0" in head
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,19 +349,16 @@ class TextTask(Task):
         }, unit
 
     def _build(self, files: list[_File], ood_files: list[_File]) -> None:
-        kind = {f: _probe(f, "task.path") for f in files}
-        kind.update({f: _probe(f, "task.ood_path") for f in ood_files})
-        binary = [f for f in files + ood_files if kind[f] == "binary"]
-        special = [f for f in files + ood_files if kind[f] == "special"]  # FIFOs, devices, ...
-        kept = [f for f in files if kind[f] == "text"]
-        kept_ood = [f for f in ood_files if kind[f] == "text"]
+        kind = {f: _is_binary(f, "task.path") for f in files}  # None: a FIFO, a device, ...
+        kind.update({f: _is_binary(f, "task.ood_path") for f in ood_files})
+        binary, special = [f for f, b in kind.items() if b], [f for f, b in kind.items() if b is None]
+        kept = [f for f in files if kind[f] is False]
+        kept_ood = [f for f in ood_files if kind[f] is False]
         if not kept:
             raise ConfigError("task.include", f"all {len(files)} matching files are binary (a NUL "
-                                              "byte in their first 8 KiB) or not regular files; "
-                                              "nothing to train on.")
+                                              "byte in their first 8 KiB) or special; nothing to train on.")
         if self.ood_roots and not kept_ood:
-            raise ConfigError("task.ood_path", f"all {len(ood_files)} matching files are binary "
-                                               "or not regular files.")
+            raise ConfigError("task.ood_path", f"all {len(ood_files)} matching files are binary.")
         splits, unit = self._assign(kept, kept_ood)
         try:
             self.cache_root.mkdir(parents=True, exist_ok=True)
@@ -401,11 +379,9 @@ class TextTask(Task):
                         key = "task.ood_path" if f.root >= len(self.roots) else "task.path"
                         n = 0
                         content.update(f"{split}\0{f.rel}\0".encode("utf-8", "surrogateescape"))
-                        fh = _open_regular(f.path, key)
-                        if fh is None:
-                            raise ConfigError(key, f"'{f.path}' stopped being a regular file "
-                                                   "while the corpus was read; run again.")
                         try:
+                            if (fh := open_regular(f.path)) is None:
+                                raise OSError(0, "it is no longer a regular file")
                             with fh:
                                 while chunk := fh.read(_CHUNK):
                                     out.write(chunk)
