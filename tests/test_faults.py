@@ -141,3 +141,66 @@ def test_special_files_in_a_corpus_are_skipped_without_blocking(tmp_path):
     assert prov["skipped_special"] == 2 and prov["skipped_binary"] == 0
     rels = set(split_of(task))
     assert not rels & {"d0/pipe.py", "d1/zero.py"} and "d0/f0.py" in rels
+
+
+# --------------------------------------------------------------------------------------------
+# `lab rerun` reproduces a tuned trial and refuses what it cannot reproduce
+
+TUNED = """space: {model.n_layers: [1, 2]}
+seeds: [0, 1]
+objective: val/loss
+tune: {space: {train.lr: {low: 2.0e-2, high: 5.0e-2, log: true}}, points: 5, seeds: [100]}
+"""
+
+
+def test_rerun_of_a_tuned_trial_reproduces_it(tmp_path, capsys):
+    """A measured trial run by the worker's own objective at a tuned learning rate that is not
+    the base config's: the rerun prints its stored value next to an identical new one."""
+    import yaml
+
+    from lab.study.attrs import TUNED_ATTR
+    from lab.study.objective import TrialFailed, make_objective
+    from lab.study.queue import queue_missing
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
+
+    path = ablation(tmp_path, "rr", TUNED)
+    assert main(["rerun", str(path), "n_layers=1"]) == 2  # no study yet: nothing trains
+    assert "no study 'rr'" in capsys.readouterr().err and not Path("runs").exists()
+
+    abl = load_ablation(path)
+    study = create_or_load_study(abl)
+    assert abl.config().train.lr not in (0.02, 0.05)
+    study.set_user_attr(TUNED_ATTR, {s.label: {"params": {"train.lr": 0.05}, "value": 1.0}
+                                     for s in abl.settings()})
+    queue_missing(study, [(s.label, s.group, s.params, seed) for s, seed in abl.pairs()
+                          if s.label == "n_layers=1" and seed == 1])
+    study.optimize(make_objective(abl, 1, "runs"), n_trials=1, catch=(TrialFailed,))
+    stored = study.trials[0]
+    assert stored.state == TrialState.COMPLETE and stored.params["seed"] == 1
+
+    assert main(["rerun", str(path), "n_layers=1", "seed=1"]) == 0
+    out = capsys.readouterr().out
+    assert f"val/loss: stored trial {stored.value!r}, this run {stored.value!r} (identical)" in out
+    run = max(Path("runs/rr-rerun").iterdir())
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 0.05
+
+    # A seed the study does not have is refused before training; one without a completed
+    # trial trains with a note.
+    runs = sorted(Path("runs/rr-rerun").iterdir())
+    assert main(["rerun", str(path), "n_layers=1", "seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert "has no seed 7 (its seeds: 0, 1)" in err and "seeds=[0, 1, 7]" in err
+    assert sorted(Path("runs/rr-rerun").iterdir()) == runs
+    assert main(["rerun", str(path), "n_layers=2", "seed=0"]) == 0
+    assert "no completed trial of 'n_layers=2', seed 0" in capsys.readouterr().err
+
+
+def test_rerun_refuses_a_missing_storage_or_study(tmp_path, capsys):
+    path = ablation(tmp_path, "rr", TUNED)
+    for extra, expect in ((["storage=sqlite:///nowhere/x.db"], "does not exist"),
+                          (["study=nosuch"], "no study 'nosuch'")):
+        assert main(["rerun", str(path), "n_layers=1", *extra]) == 2
+        err = capsys.readouterr().err
+        assert expect in err and "Traceback" not in err
+    assert not Path("runs").exists() and not Path("nowhere").exists()

@@ -198,6 +198,14 @@ def pruning_callback(trial, monitor: str, prune: bool = True):
 
     return StepPruning(trial, monitor=monitor)
 
+def measured_config(abl: Ablation, study, label: str, params: dict[str, Any], seed: int):
+    """(config, tuned values) of the measured trial of setting `label` (its `params`) and
+    `seed`: the ablation's config of the setting with the values tuned for it (the main
+    study's lab.tuned). Trials and `lab rerun` build their config here."""
+    tuned = tuned_params(study, label)
+    return abl.config({**params, **tuned}, seed), tuned
+
+
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                    tune_setting: Setting | None = None, seed_choices: list | None = None,
                    recheck: bool = False):
@@ -240,7 +248,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                              sampled=abl.sampler != "grid")
             seed = params.pop("seed")
             label, group, axis = setting_label(abl, params)
-            tuned = tuned_params(trial.study, label)
+            cfg, tuned = measured_config(abl, trial.study, label, params, seed)
             if tuned:
                 trial.set_user_attr(TUNED_PARAMS_ATTR, tuned)
             name, objective_key, splits = abl.study, abl.objective, EVAL_SPLITS
@@ -257,6 +265,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                 group, name = RECHECK_GROUP, f"{abl.study}-recheck"
                 objective_key, splits = abl.objective, EVAL_SPLITS
                 steps = abl.config().train.steps
+            cfg = abl.config({**params, **tuned}, seed)
         trial.set_user_attr(SETTING_ATTR, label)
         trial.set_user_attr(GROUP_ATTR, group)
         if axis is not None:
@@ -265,7 +274,6 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         slug = run_slug(label if tune_setting is None else f"{tune_setting.label}-{label}")
         version = f"{first:04d}-{slug}-seed{seed}"
         retry = first != trial.number
-        cfg = abl.config({**params, **tuned}, seed)
         cfg.train.threads = threads
         cfg.train.progress = False
         cfg.resume = retry
