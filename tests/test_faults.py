@@ -6,6 +6,9 @@ Every test runs in its own temporary directory (see conftest.py) on debug-sized 
 """
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -19,6 +22,7 @@ DEBUG = ROOT / "configs" / "debug.yaml"
 TINY = ROOT / "tests" / "data" / "tiny.yaml"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+from test_sweep import wait_for  # noqa: E402 - shared sweep helpers
 
 
 def ablation(tmp_path, name: str, body: str, overrides: str = "eval.cost: false") -> Path:
@@ -204,3 +208,42 @@ def test_rerun_refuses_a_missing_storage_or_study(tmp_path, capsys):
         err = capsys.readouterr().err
         assert expect in err and "Traceback" not in err
     assert not Path("runs").exists() and not Path("nowhere").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# SIGTERM or SIGINT to one worker: its pair is re-queued at once, as after SIGKILL
+
+
+def start_sweep(abl: Path, *args, **env_extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lab.cli", "sweep", str(abl), *args],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env_extra},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+                         ids=["sigterm", "sigint"])
+def test_stopped_worker_pair_is_requeued_at_once(sig, tmp_path):
+    abl = ablation(tmp_path, "stop", "space: {model.n_layers: [1]}\nseeds: [0]\n",
+                   "eval.cost: false, train.steps: 100")
+    proc = start_sweep(abl, "--workers", "1")
+
+    def running_pid():
+        # A running trial that has written its first checkpoint: stop it mid-trial.
+        if not list(Path("runs/stop").glob("*/checkpoints/last.ckpt")):
+            return None  # (cheaper to poll than the study)
+        t = load("stop").trials[0]
+        return t.user_attrs["lab.worker"]["pid"] if t.state == TrialState.RUNNING else None
+
+    found = []
+    wait_for(lambda: found.append(running_pid()) or found[-1] is not None, every=0.1)
+    os.kill(found[-1], sig)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert "did not complete" not in err and "Traceback" not in err
+    first, retry = load("stop").trials
+    assert first.state == TrialState.FAIL and first.user_attrs["lab.fail_reason"] == "interrupted"
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["lab.pair"] == first.user_attrs["lab.pair"]
+    assert retry.user_attrs["resumed_from_step"] > 0  # from the stopped trial's checkpoint

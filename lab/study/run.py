@@ -44,7 +44,6 @@ from lab.study.queue import (
     has_work,
     pair_items,
     queue_missing,
-    reclaim_and_requeue,
     reclaim_dead_local_trials,
 )
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
@@ -368,11 +367,14 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
     def work(items):
         return abl if items is None else items
 
-    for st, items in studies:
-        with queue_lock(abl.storage, storage, st.study_name):  # atomic across machines too
-            reclaim_dead_local_trials(st, storage)
-            if abl.sampler == "grid":
-                queue_missing(st, work(items))
+    def queue_step() -> None:
+        for st, items in studies:
+            with queue_lock(abl.storage, storage, st.study_name):  # atomic across machines too
+                reclaim_dead_local_trials(st, storage)
+                if abl.sampler == "grid":
+                    queue_missing(st, work(items))
+
+    queue_step()
 
     def n_done() -> int:
         return sum(count_done(st.get_trials(deepcopy=False), work(items), st)
@@ -415,11 +417,14 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 progress.update(bar, completed=n_done())
                 alive = [p for p in procs if p.poll() is None]
                 if len(alive) < len(procs):
-                    died = [p for p in procs if p.poll() not in (None, 0)]
+                    died = any(p.poll() != 0 for p in procs if p not in alive)
                     if died:
-                        for st, items in studies:
-                            reclaim_and_requeue(st, storage, abl, items)
-                    if any(has_work(st) for st, _ in studies) and respawns < 3 * n_workers:
+                        # Killed, or stopped by a signal of its own (SIGTERM, SIGINT: its trial
+                        # failed as interrupted): either way its pair goes back in the queue.
+                        queue_step()
+                    more = (any(has_work(st) for st, _ in studies) if abl.sampler == "grid"
+                            else died and n_done() < total)
+                    if more and respawns < 3 * n_workers:
                         need = n_workers - len(alive)
                         alive += [spawn_worker(argv, abl.storage) for _ in range(need)]
                         respawns += need
