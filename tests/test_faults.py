@@ -20,6 +20,7 @@ from lab.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "configs" / "debug.yaml"
 TINY = ROOT / "tests" / "data" / "tiny.yaml"
+PG_URL = os.environ.get("LAB_TEST_POSTGRES_URL")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 from test_sweep import wait_for  # noqa: E402 - shared sweep helpers
@@ -227,13 +228,14 @@ def start_sweep(abl: Path, *args, **env_extra) -> subprocess.Popen:
 def test_stopped_worker_pair_is_requeued_at_once(sig, tmp_path):
     abl = ablation(tmp_path, "stop", "space: {model.n_layers: [1]}\nseeds: [0]\n",
                    "eval.cost: false, train.steps: 100")
-    proc = start_sweep(abl, "--workers", "1")
+    # (Not the default storage: the worker must be handed it.)
+    proc = start_sweep(abl, "--workers", "1", "storage=sqlite:///elsewhere/stop.db")
 
     def running_pid():
         # A running trial that has written its first checkpoint: stop it mid-trial.
         if not list(Path("runs/stop").glob("*/checkpoints/last.ckpt")):
             return None  # (cheaper to poll than the study)
-        t = load("stop").trials[0]
+        t = load("stop", "sqlite:///elsewhere/stop.db").trials[0]
         return t.user_attrs["lab.worker"]["pid"] if t.state == TrialState.RUNNING else None
 
     found = []
@@ -242,8 +244,62 @@ def test_stopped_worker_pair_is_requeued_at_once(sig, tmp_path):
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert "did not complete" not in err and "Traceback" not in err
-    first, retry = load("stop").trials
+    first, retry = load("stop", "sqlite:///elsewhere/stop.db").trials
     assert first.state == TrialState.FAIL and first.user_attrs["lab.fail_reason"] == "interrupted"
     assert retry.state == TrialState.COMPLETE
     assert retry.user_attrs["lab.pair"] == first.user_attrs["lab.pair"]
     assert retry.user_attrs["resumed_from_step"] > 0  # from the stopped trial's checkpoint
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets: a password in a storage URL reaches no message, lock name or worker environment
+
+
+def test_password_with_an_at_sign_stays_out_of_messages(capsys):
+    from lab.provenance import normalize_url, redact_url, scrub
+
+    url = "postgresql://lab:stro@ngPw77x@127.0.0.1:1/lab?password=q%40z&sslmode=disable"
+    assert redact_url(url) == "postgresql://lab:***@127.0.0.1:1/lab?sslmode=disable"
+    assert normalize_url(url).startswith("postgresql://lab:stro%40ngPw77x@127.0.0.1:1/lab?")
+    assert scrub("no host ngPw77x@x; stro@ngPw77x, stro%40ngPw77x, q@z", url) == (
+        "no host ngPw77x@x; ***, ***, ***")
+    assert main(["sweep", str(TINY), f"storage={url}"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open storage 'postgresql://lab:***@127.0.0.1:1/lab" in err
+    assert "ngPw77x" not in err and "q@z" not in err and "Traceback" not in err
+
+
+def test_lock_file_name_holds_no_password_and_sits_in_a_private_folder(tmp_path, monkeypatch):
+    import stat
+
+    from lab.study.storage import lock_path_for
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    (tmp_path / f"lab-{os.getuid()}").mkdir(mode=0o755)  # made world-readable by someone
+    a = lock_path_for("postgresql://lab:hunter2@db:5432/lab")
+    b = lock_path_for("postgresql://lab:other@db:5432/lab?password=x")
+    assert a == b != lock_path_for("postgresql://lab:hunter2@db2:5432/lab")
+    folder = Path(a).parent
+    assert folder == tmp_path / f"lab-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+    assert "hunter2" not in a and Path(a).name.startswith("lab-study-")
+
+
+def test_workers_get_the_storage_url_neither_in_argv_nor_in_environment():
+    import psutil
+
+    from lab.study.run import spawn_worker
+
+    p = spawn_worker([str(TINY), "--threads", "1"], "postgresql://lab:hunter2@127.0.0.1:1/lab")
+    try:
+        proc = psutil.Process(p.pid)
+        env, cmd = proc.environ(), proc.cmdline()
+    finally:
+        p.kill()
+        p.wait()
+    assert "lab.study.worker" in " ".join(cmd)
+    assert "hunter2" not in " ".join(cmd) and "hunter2" not in str(env)
+    assert not [k for k, v in env.items() if "127.0.0.1:1" in v]

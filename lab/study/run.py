@@ -470,9 +470,15 @@ def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
 
 
 def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage,
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: "1",
                                                      PARENT_ENV: str(os.getpid())})
-    return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
+    p = subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env,
+                         stdin=subprocess.PIPE)
+    assert p.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a worker that died at once: seen as such
+        p.stdin.write(f"{storage}\n".encode())
+        p.stdin.close()
+    return p
 
 
 def stop_workers(procs: list[subprocess.Popen]) -> None:

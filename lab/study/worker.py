@@ -109,9 +109,15 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
-    storage_url = os.environ.pop(STORAGE_ENV, None)
-    if storage_url:
-        args.overrides.append(f"storage={storage_url}")
+    if os.environ.pop(STORAGE_ENV, None):
+        # The sweep writes its storage URL (which may hold a password) to our stdin: never
+        # on the command line, never in the environment.
+        url = sys.stdin.readline().rstrip("\n")
+        if not url:
+            print("error: no storage URL on stdin (the sweep that started this worker is gone)",
+                  file=sys.stderr)
+            return 2
+        args.overrides.append(f"storage={url}")
     interrupt_once()
     parent = os.environ.pop(PARENT_ENV, None)
     die_with_parent(int(parent) if parent and parent.isdigit() else None)
