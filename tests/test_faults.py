@@ -5,10 +5,12 @@ outage, and secrets in storage URLs.
 Every test runs in its own temporary directory (see conftest.py) on debug-sized ablations.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -23,7 +25,7 @@ TINY = ROOT / "tests" / "data" / "tiny.yaml"
 PG_URL = os.environ.get("LAB_TEST_POSTGRES_URL")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-from test_sweep import wait_for  # noqa: E402 - shared sweep helpers
+from test_sweep import completed_pairs, wait_for  # noqa: E402 - shared sweep helpers
 
 
 def ablation(tmp_path, name: str, body: str, overrides: str = "eval.cost: false") -> Path:
@@ -303,3 +305,127 @@ def test_workers_get_the_storage_url_neither_in_argv_nor_in_environment():
     assert "lab.study.worker" in " ".join(cmd)
     assert "hunter2" not in " ".join(cmd) and "hunter2" not in str(env)
     assert not [k for k, v in env.items() if "127.0.0.1:1" in v]
+
+
+# --------------------------------------------------------------------------------------------
+# A PostgreSQL outage: storage calls ride it out; past the retry window, one message
+
+
+def needs_postgres(f):
+    skip = pytest.mark.skipif(not PG_URL, reason="no PostgreSQL server: set LAB_TEST_POSTGRES_URL")
+    return pytest.mark.postgres(skip(f))
+
+
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of the test's own (initdb into a fresh folder, from the binaries of
+    the server that LAB_TEST_POSTGRES_URL names), which the test stops and starts with pg_ctl
+    on its data directory; the shared server stays up for every other test."""
+    import shutil
+    import socket
+    import tempfile
+    from glob import glob
+    from types import SimpleNamespace
+
+    bins = [str(Path(p).parent) for p in sorted(glob("/usr/lib/postgresql/*/bin/initdb"))]
+    found = shutil.which("initdb")
+    bindir = Path(found).parent if found else Path(bins[-1]) if bins else None
+    if bindir is None or not (bindir / "pg_ctl").exists():
+        pytest.skip("no PostgreSQL binaries (initdb, pg_ctl) on this machine")
+    root = Path(tempfile.mkdtemp(prefix="lab-pg-"))
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+    (root / "pw").write_text("pg-s3cret\n")
+    if as_user:
+        shutil.chown(root, "postgres")
+        shutil.chown(root / "pw", "postgres")
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(root / "data"), "-U", "lab",
+                    "--auth=scram-sha-256", f"--pwfile={root / 'pw'}", "-E", "UTF8",
+                    "--no-sync"], check=True, capture_output=True, timeout=120)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def ctl(*args):
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(root / "data"), *args],
+                       check=True, capture_output=True, timeout=60)
+
+    def start():
+        ctl("-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-l", str(root / "log"), "-w", "start")
+
+    start()
+    try:
+        yield SimpleNamespace(url=f"postgresql://lab:pg-s3cret@127.0.0.1:{port}/postgres",
+                              start=start, stop=lambda: ctl("-m", "fast", "-w", "stop"))
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            ctl("-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def running_with_checkpoint(name: str, url: str) -> bool:
+    if not list(Path(f"runs/{name}").glob("*/checkpoints/last.ckpt")):
+        return False
+    return any(t.state == TrialState.RUNNING for t in load(name, url).trials)
+
+
+@needs_postgres
+def test_postgres_outage_mid_sweep_is_ridden_out(own_postgres, tmp_path):
+    pg = own_postgres
+    abl = ablation(tmp_path, "outage", "space: {model.n_layers: [1]}\nseeds: [0, 1]\n",
+                   "eval.cost: false, train.steps: 100")
+    proc = start_sweep(abl, f"storage={pg.url}", "--workers", "1")
+    wait_for(lambda: running_with_checkpoint("outage", pg.url), every=0.2)
+    pg.stop()  # mid-trial: the worker's reports and heartbeats, the sweep's progress fail
+    time.sleep(4.0)
+    pg.start()
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "OperationalError" not in err, err
+    pairs = completed_pairs(load("outage", pg.url))
+    assert len(pairs) == 2 and set(pairs.values()) == {1}
+
+
+@needs_postgres
+def test_postgres_outage_past_the_retry_window_stops_with_one_message(own_postgres, tmp_path):
+    pg = own_postgres
+    abl = ablation(tmp_path, "gone", "space: {model.n_layers: [1]}\nseeds: [0]\n",
+                   "eval.cost: false, train.steps: 100")
+    proc = start_sweep(abl, f"storage={pg.url}", "--workers", "1", LAB_STORAGE_RETRY_S="3")
+    wait_for(lambda: running_with_checkpoint("gone", pg.url), every=0.2)
+    pg.stop()
+    _, err = proc.communicate(timeout=120)
+    pg.start()
+    assert proc.returncode == 1, err
+    assert err.count("has been unreachable for") == 1 and "Nothing is lost" in err, err
+    assert "Traceback" not in err and "pg-s3cret" not in err, err
+    # Nothing lost: the cut trial is still RUNNING (its worker is gone) and the next start
+    # re-queues it; it resumes from its checkpoint.
+    (cut,) = load("gone", pg.url).trials
+    assert cut.state == TrialState.RUNNING
+    assert main(["sweep", str(abl), f"storage={pg.url}", "--workers", "1"]) == 0
+    first, retry = load("gone", pg.url).trials
+    assert first.user_attrs["lab.fail_reason"].startswith("interrupted")
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_step"] > 0
+
+
+@needs_postgres
+def test_storage_call_gives_up_after_the_retry_window(own_postgres, monkeypatch):
+    from lab.study import outage
+    from lab.study.storage import open_storage
+
+    pg = own_postgres
+    storage = open_storage(pg.url, heartbeat=False)
+    assert storage.get_all_studies() == []
+    monkeypatch.setenv("LAB_STORAGE_RETRY_S", "2")
+    monkeypatch.setitem(outage.state, "gave_up", False)
+    pg.stop()
+    t0 = time.monotonic()
+    with pytest.raises(outage.StorageUnavailable, match="unreachable for") as e:
+        storage.get_all_studies()
+    assert 1.0 < time.monotonic() - t0 < 10 and "pg-s3cret" not in str(e.value)
+    pg.start()
+    monkeypatch.setitem(outage.state, "gave_up", False)
+    assert storage.get_all_studies() == []  # back, through a fresh connection

@@ -38,6 +38,7 @@ from lab.study.attrs import (
     pair_key,
 )
 from lab.study.hparams import hparam_domain, trial_hparams
+from lab.study.outage import StorageUnavailable
 from lab.study.queue import worker_identity
 from lab.study.recheck import RECHECK_GROUP
 from lab.study.space import Choice, Setting, fmt_value, short_key
@@ -293,8 +294,8 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                 res = train(cfg, save_dir=runs_dir, name=name, version=version,
                             callbacks=callbacks, progress=False, eval_splits=splits,
                             hparams=trial_hparams(abl, cfg, label), hparam_domain=domain)
-        except optuna.TrialPruned:
-            raise
+        except (optuna.TrialPruned, StorageUnavailable):
+            raise  # an outage is no failure of the trial: it stays RUNNING and is re-queued
         except (LabError, Exception) as e:
             reason = failure_reason(e)
             trial.set_user_attr(FAIL_ATTR, reason)

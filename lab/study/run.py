@@ -39,6 +39,7 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.objective import ignore_stop_signals
+from lab.study.outage import StorageUnavailable, stop_retrying
 from lab.study.queue import (
     count_done,
     has_work,
@@ -226,6 +227,7 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
         if received:
             return
         received.append(signum)
+        stop_retrying()  # stopping must not wait for a database that is gone
         raise KeyboardInterrupt
 
     abl = load_ablation(path, overrides)
@@ -432,6 +434,11 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 if not procs:
                     break
             progress.update(bar, completed=n_done())
+    except StorageUnavailable:
+        # The database stayed away longer than the retry window: the workers wait on the same
+        # database; their trials stay RUNNING there and are re-queued on the next start.
+        stop_workers(procs)
+        raise
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM (`kill`, `timeout`): stop the workers, whose trials fail as
         # interrupted; a worker that could not say so is failed here. A second signal must
@@ -441,7 +448,11 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
         with contextlib.suppress(Exception):
             for st, _ in studies:
                 reclaim_dead_local_trials(st, storage)
-        console.print(f"[yellow]interrupted[/yellow]: {n_done()}/{total} trials done; run the "
+        try:
+            done = n_done()
+        except StorageUnavailable:  # stopped during an outage: the count is not to be had
+            done = "?"
+        console.print(f"[yellow]interrupted[/yellow]: {done}/{total} trials done; run the "
                       "same command again to resume.")
         return 128 + (received[0] if received else signal.SIGINT)
     console.print(f"{escape(title)} finished in {time.time() - t0:.0f}s")

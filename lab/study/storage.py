@@ -20,6 +20,7 @@ import filelock
 from lab.errors import LabError
 from lab.provenance import normalize_url, scrub
 from lab.provenance import redact_url as redact_url  # re-exported: the storage API
+from lab.study.outage import RetryingStorage, StorageUnavailable, call_with_retry
 
 HEARTBEAT_S, GRACE_S = 10, 60
 # Set when `lab sweep` writes its storage URL to a worker's stdin: a password in it then
@@ -113,7 +114,10 @@ def silence_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-def open_storage(url: str, heartbeat: bool = True):
+def open_storage(url: str, heartbeat: bool = True, wait: bool = False):
+    """The Optuna storage of `url`. A server storage rides out an outage once open (see
+    lab.study.outage); with `wait`, also at the first connection (a worker, whose sweep
+    had the storage open)."""
     import optuna
 
     silence_optuna()
@@ -132,6 +136,7 @@ def open_storage(url: str, heartbeat: bool = True):
         )
     url = normalize_url(url)  # a password with a bare '@' stays out of the host
     engine_kwargs: dict[str, Any] = {}
+    bases: tuple = (LockedRDBStorage, RDBStorage)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if not path.name.startswith("file:") and not str(path).startswith("file:"):  # a URI
@@ -140,14 +145,19 @@ def open_storage(url: str, heartbeat: bool = True):
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} \
             if url.startswith("postgresql") else {"pool_pre_ping": True}
-    cls = type("LabRDBStorage", (LockedRDBStorage, RDBStorage), {"lock_path": lock_path_for(url)})
+        bases = (RetryingStorage, *bases)
+    cls = type("LabRDBStorage", bases, {"lock_path": lock_path_for(url), "lab_url": url})
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
     try:
         with quiet_optuna():
+            if wait and RetryingStorage in bases:
+                return call_with_retry(lambda: create_storage(cls, url, engine_kwargs, kwargs), url)
             return create_storage(cls, url, engine_kwargs, kwargs)
+    except StorageUnavailable:
+        raise
     except ImportError as e:
         raise LabError(
             f"storage '{redact_url(url)}' needs a database driver that is not installed ({e}). "

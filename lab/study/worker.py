@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+from lab.errors import LabError
 from lab.study.attrs import (
     CLAIM_ATTR,
     FAIL_ATTR,
@@ -19,6 +20,8 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.objective import TrialFailed, ignore_stop_signals, make_objective
+from lab.study.outage import EXIT_STORAGE_LOST, StorageUnavailable, stop_retrying
+from lab.study.outage import state as outage_state
 from lab.study.queue import count_done, queue_missing, reclaim_and_requeue, worker_identity
 from lab.study.run import sampler_and_pruner
 from lab.study.spec import load_ablation
@@ -51,6 +54,7 @@ def interrupt_once() -> None:
         if stopping:
             return
         stopping.append(signum)
+        stop_retrying()  # its bookkeeping must not wait for a database that is gone
         ignore_stop_signals()
         raise KeyboardInterrupt
 
@@ -125,6 +129,19 @@ def worker_main(argv: list[str]) -> int:
         return work(args)
     except KeyboardInterrupt:
         return 128 + (stopping[0] if stopping else signal.SIGINT)
+    except StorageUnavailable:
+        return EXIT_STORAGE_LOST  # the sweep, which sees the same outage, says so once
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception:
+        # After the storage was given up (or while stopping), Optuna's own bookkeeping fails
+        # in other ways (its failed tell); the cause is known and already handled.
+        if outage_state["gave_up"]:
+            return EXIT_STORAGE_LOST
+        if stopping:
+            return 128 + stopping[0]
+        raise
 
 
 def work(args) -> int:
@@ -134,7 +151,7 @@ def work(args) -> int:
 
     quiet_lightning()
     abl = load_ablation(args.ablation, args.overrides)
-    storage = open_storage(abl.storage)
+    storage = open_storage(abl.storage, wait=True)
     # The sweep reports each trial; Optuna's own warnings (an interrupted trial's traceback)
     # would only repeat it. The study's own sampler and pruner: load_study's defaults
     # (TPE, median) are not ours.
