@@ -203,6 +203,28 @@ def test_rerun_of_a_tuned_trial_reproduces_it(tmp_path, capsys):
     assert "no completed trial of 'n_layers=2', seed 0" in capsys.readouterr().err
 
 
+def test_rerun_of_a_twin_reruns_its_owner_trial(tmp_path, capsys):
+    """A setting that is the same model as an earlier one has no trials of its own."""
+    from lab.study.objective import TrialFailed, make_objective
+    from lab.study.queue import queue_missing
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import load_ablation
+
+    path = ablation(tmp_path, "tw", "space:\n  model.family:\n    looped: {model.loops: [1]}\n"
+                    "    uniform: {model.n_layers: [3]}\nseeds: [0]\n",
+                    "model.n_layers: 3, eval.cost: false")
+    abl = load_ablation(path)
+    assert abl.twins() == {"uniform": "looped"}
+    study = create_or_load_study(abl)
+    queue_missing(study, abl)
+    study.optimize(make_objective(abl, 1, "runs"), n_trials=1, catch=(TrialFailed,))
+    (stored,) = study.trials
+    assert main(["rerun", str(path), "uniform"]) == 0
+    captured = capsys.readouterr()
+    assert "'uniform' is the same model as 'looped'" in captured.err
+    assert f"stored trial {stored.value!r}, this run {stored.value!r} (identical)" in captured.out
+
+
 def test_rerun_refuses_a_missing_storage_or_study(tmp_path, capsys):
     path = ablation(tmp_path, "rr", TUNED)
     for extra, expect in ((["storage=sqlite:///nowhere/x.db"], "does not exist"),

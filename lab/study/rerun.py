@@ -65,6 +65,11 @@ def rerun(path: str, setting: str, overrides: list[str] | None = None,
     seed, rest = split_seed(overrides or [])
     abl = load_ablation(path, rest)
     s = find_setting(abl, setting)
+    owner = abl.twins().get(s.label)
+    if owner is not None:  # the same model as an earlier setting, whose trials stand for it
+        if announce is not None:
+            announce(f"'{s.label}' is the same model as '{owner}': rerunning that trial.")
+        s = find_setting(abl, owner)
     study = load_existing_study(abl)  # refuses a missing storage or study
     seed = abl.seeds[0] if seed is None else seed
     trials = study.get_trials(deepcopy=False)
