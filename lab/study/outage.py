@@ -63,6 +63,13 @@ def retry_window() -> float:
                        f"(default {DEFAULT_RETRY_S:g}).") from None
 
 
+def start_retrying() -> None:
+    """A new command in this process (say a second sweep from a notebook) retries afresh;
+    a retry window that is not a number is refused now, not during an outage."""
+    retry_window()
+    state.update(gave_up=False, stopping=False)
+
+
 def stop_retrying() -> None:
     """Called when the process is being stopped: storage calls fail at once from now on."""
     state["stopping"] = True

@@ -39,7 +39,7 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.objective import ignore_stop_signals
-from lab.study.outage import StorageUnavailable, stop_retrying
+from lab.study.outage import StorageUnavailable, start_retrying, stop_retrying
 from lab.study.queue import (
     count_done,
     has_work,
@@ -231,6 +231,7 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
         raise KeyboardInterrupt
 
     abl = load_ablation(path, overrides)
+    start_retrying()
     previous = {}
     for s in (signal.SIGTERM, signal.SIGINT):
         try:
