@@ -422,9 +422,7 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 if len(alive) < len(procs):
                     died = any(p.poll() != 0 for p in procs if p not in alive)
                     if died:
-                        # Killed, or stopped by a signal of its own (SIGTERM, SIGINT: its trial
-                        # failed as interrupted): either way its pair goes back in the queue.
-                        queue_step()
+                        queue_step()  # killed, or stopped by its own SIGTERM / SIGINT
                     more = (any(has_work(st) for st, _ in studies) if abl.sampler == "grid"
                             else died and n_done() < total)
                     if more and respawns < 3 * n_workers:
@@ -435,9 +433,7 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 if not procs:
                     break
             progress.update(bar, completed=n_done())
-    except StorageUnavailable:
-        # The database stayed away longer than the retry window: the workers wait on the same
-        # database; their trials stay RUNNING there and are re-queued on the next start.
+    except StorageUnavailable:  # past the retry window: their trials are re-queued next time
         stop_workers(procs)
         raise
     except KeyboardInterrupt:
@@ -449,11 +445,7 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
         with contextlib.suppress(Exception):
             for st, _ in studies:
                 reclaim_dead_local_trials(st, storage)
-        try:
-            done = n_done()
-        except StorageUnavailable:  # stopped during an outage: the count is not to be had
-            done = "?"
-        console.print(f"[yellow]interrupted[/yellow]: {done}/{total} trials done; run the "
+        console.print(f"[yellow]interrupted[/yellow]: {n_done()}/{total} trials done; run the "
                       "same command again to resume.")
         return 128 + (received[0] if received else signal.SIGINT)
     console.print(f"{escape(title)} finished in {time.time() - t0:.0f}s")
@@ -486,7 +478,6 @@ def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
                                                      PARENT_ENV: str(os.getpid())})
     p = subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env,
                          stdin=subprocess.PIPE)
-    assert p.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # a worker that died at once: seen as such
         p.stdin.write(f"{storage}\n".encode())
         p.stdin.close()
