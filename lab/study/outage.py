@@ -3,14 +3,14 @@
 A PostgreSQL (or MySQL) server that restarts, fails over or drops its connections for a few
 seconds must not end a sweep of many hours. Every call of a server storage (the sweep's, its
 workers', the heartbeat thread's) that fails because the connection is gone is retried with
-exponential backoff (0.5 s doubling to 5 s) for up to ``LAB_STORAGE_RETRY_S`` seconds
-(default 40: shorter than the heartbeat grace period of 60 s less two heartbeat intervals, so
-that no worker takes a trial whose worker is only waiting for the database for a dead one
-and runs its pair a second time). Past that the call raises :class:`StorageUnavailable`, a process that saw it
-gives up at once on every later call, and the sweep stops with one message and exit code 1.
-Nothing is lost: a trial is written only by the calls that failed, so an interrupted trial
-stays RUNNING in the database and the next start re-queues it (its own worker is gone), and
-queued trials stay queued.
+exponential backoff (0.5 s doubling to 5 s) for up to ``LAB_STORAGE_RETRY_S`` seconds. The
+default, 40 s, stays under the heartbeat grace period (60 s) less two heartbeat intervals, so
+that no worker takes a trial whose worker is only waiting for the database for a dead one and
+runs its pair a second time. Past the window the call raises :class:`StorageUnavailable`, the
+process gives up at once on every later call, and the sweep stops its workers and exits 1
+with one message. Nothing is lost: a call that failed wrote nothing, so a trial cut short
+stays RUNNING in the database, with its worker gone, and the next start re-queues it (it
+resumes from its checkpoint); queued trials stay queued.
 
 Only errors of the connection are retried (SQLAlchemy's OperationalError and InterfaceError,
 or a connection it invalidated); a wrong query, a constraint or a corrupt database fails at
