@@ -179,7 +179,8 @@ def cmd_compare(args) -> int:
 def cmd_rerun(args) -> int:
     from lab.study.rerun import rerun, stored_value
 
-    abl, setting, seed, res = rerun(args.ablation, args.setting, args.overrides)
+    abl, setting, seed, res = rerun(args.ablation, args.setting, args.overrides,
+                                    announce=lambda msg: console.print(escape(msg)))
     row = {"config": f"{abl.study}: {setting.label}, seed {seed}",
            "family": res.config["model"]["family"], "plan": res.plan["description"],
            "params": res.costs.get("params"), "depth": res.costs.get("effective_depth"),

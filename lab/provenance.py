@@ -72,19 +72,65 @@ def device_info() -> dict:
     return info
 
 
-def redact_url(url: str) -> str:
-    """The storage URL without its password (also as a ?password= query parameter)."""
+def parse_url(url: str):
+    """A storage URL parsed by SQLAlchemy (`make_url`), or None when it does not parse. A
+    password written with a bare '@' stays whole: a host never holds '@', so the credentials
+    run to the last '@' before the host (SQLAlchemy alone would put the password's tail in
+    the host, and every message naming the host would show it)."""
     if "://" not in url or url.startswith(("sqlite:", "journal:")):
-        return url
+        return None
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         u = make_url(url)
     except (ArgumentError, ValueError):
+        return None
+    if u.host and "@" in u.host:
+        tail, host = u.host.rsplit("@", 1)
+        u = (u.set(password=f"{u.password}@{tail}", host=host) if u.password is not None
+             else u.set(username=f"{u.username}@{tail}", host=host))
+    return u
+
+
+def normalize_url(url: str) -> str:
+    """The URL as SQLAlchemy writes it back (special characters of a password encoded), or
+    unchanged when it names no server (SQLite, a journal file) or does not parse."""
+    u = parse_url(url)
+    return url if u is None or not u.host else u.render_as_string(hide_password=False)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords in a URL: its password and any ?password= query value."""
+    u = parse_url(url)
+    if u is None:
+        return []
+    found = [u.password] if u.password else []
+    for k, v in u.query.items():
+        if "password" in k.lower():
+            found += [v] if isinstance(v, str) else list(v)
+    return [x for x in found if x]
+
+
+def redact_url(url: str) -> str:
+    """The storage URL without its password (also as a ?password= query parameter)."""
+    if "://" not in url or url.startswith(("sqlite:", "journal:")):
+        return url
+    u = parse_url(url)
+    if u is None:
         return url.split("://", 1)[0] + "://***"
     u = u.set(query={k: v for k, v in u.query.items() if "password" not in k.lower()})
     return u.render_as_string(hide_password=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (say a database driver's message about `url`) with the URL's passwords masked."""
+    from urllib.parse import quote, quote_plus
+
+    for secret in sorted(url_secrets(url), key=len, reverse=True):
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            text = text.replace(form, "***")
+    return text
 
 
 def redact_argv(argv: list[str]) -> list[str]:

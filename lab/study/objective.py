@@ -38,6 +38,7 @@ from lab.study.attrs import (
     pair_key,
 )
 from lab.study.hparams import hparam_domain, trial_hparams
+from lab.study.outage import StorageUnavailable
 from lab.study.queue import worker_identity
 from lab.study.recheck import RECHECK_GROUP
 from lab.study.space import Choice, Setting, fmt_value, short_key
@@ -198,6 +199,14 @@ def pruning_callback(trial, monitor: str, prune: bool = True):
 
     return StepPruning(trial, monitor=monitor)
 
+def measured_config(abl: Ablation, study, label: str, params: dict[str, Any], seed: int):
+    """(config, tuned values) of the measured trial of setting `label` (its `params`) and
+    `seed`: the ablation's config of the setting with the values tuned for it (the main
+    study's lab.tuned). Trials and `lab rerun` build their config here."""
+    tuned = tuned_params(study, label)
+    return abl.config({**params, **tuned}, seed), tuned
+
+
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                    tune_setting: Setting | None = None, seed_choices: list | None = None,
                    recheck: bool = False):
@@ -240,7 +249,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                              sampled=abl.sampler != "grid")
             seed = params.pop("seed")
             label, group, axis = setting_label(abl, params)
-            tuned = tuned_params(trial.study, label)
+            cfg, tuned = measured_config(abl, trial.study, label, params, seed)
             if tuned:
                 trial.set_user_attr(TUNED_PARAMS_ATTR, tuned)
             name, objective_key, splits = abl.study, abl.objective, EVAL_SPLITS
@@ -257,6 +266,7 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                 group, name = RECHECK_GROUP, f"{abl.study}-recheck"
                 objective_key, splits = abl.objective, EVAL_SPLITS
                 steps = abl.config().train.steps
+            cfg = abl.config({**params, **tuned}, seed)
         trial.set_user_attr(SETTING_ATTR, label)
         trial.set_user_attr(GROUP_ATTR, group)
         if axis is not None:
@@ -265,7 +275,6 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         slug = run_slug(label if tune_setting is None else f"{tune_setting.label}-{label}")
         version = f"{first:04d}-{slug}-seed{seed}"
         retry = first != trial.number
-        cfg = abl.config({**params, **tuned}, seed)
         cfg.train.threads = threads
         cfg.train.progress = False
         cfg.resume = retry
@@ -285,8 +294,8 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
                 res = train(cfg, save_dir=runs_dir, name=name, version=version,
                             callbacks=callbacks, progress=False, eval_splits=splits,
                             hparams=trial_hparams(abl, cfg, label), hparam_domain=domain)
-        except optuna.TrialPruned:
-            raise
+        except (optuna.TrialPruned, StorageUnavailable):
+            raise  # an outage is no failure of the trial: it stays RUNNING and is re-queued
         except (LabError, Exception) as e:
             reason = failure_reason(e)
             trial.set_user_attr(FAIL_ATTR, reason)

@@ -1,14 +1,17 @@
-"""`lab rerun`: retrain one setting and seed of an ablation outside its study.
+"""`lab rerun`: retrain one setting and seed of a study outside it.
 
-The config is exactly the one the study's trial ran with (``Ablation.config(params, seed)``,
-with the ablation's overrides and the command line's config overrides); the run goes to
-``runs/<study>-rerun/`` with the study's hparams, for a closer look in TensorBoard. The
-study storage is not written.
+The config is built as the study's trial built it (:func:`lab.study.objective.measured_config`:
+the ablation's overrides, the command line's config overrides, the setting, the seed and the
+values tuned for the setting, ``lab.tuned``), so a rerun at the trial's thread count reproduces
+the stored trial. The run goes to ``runs/<study>-rerun/`` with the study's hparams, for a
+closer look in TensorBoard. The study must exist (it is not written): a missing storage or
+study, or a seed the study never had, is refused before anything trains.
 """
 
 from __future__ import annotations
 
 from lab.errors import LabError
+from lab.study.attrs import ABLATION_ATTR, SETTING_ATTR, trial_seed
 from lab.study.hparams import hparam_domain, trial_hparams
 from lab.study.space import Setting
 from lab.study.spec import Ablation, load_ablation
@@ -54,29 +57,63 @@ def split_seed(overrides: list[str]) -> tuple[int | None, list[str]]:
 
 
 def rerun(path: str, setting: str, overrides: list[str] | None = None,
-          runs_dir: str = "runs", progress: bool = True) -> tuple[Ablation, Setting, int, RunResult]:
+          runs_dir: str = "runs", progress: bool = True,
+          announce=None) -> tuple[Ablation, Setting, int, RunResult]:
+    from lab.study.objective import measured_config
+    from lab.study.run import load_existing_study
+
     seed, rest = split_seed(overrides or [])
     abl = load_ablation(path, rest)
     s = find_setting(abl, setting)
+    owner = abl.twins().get(s.label)
+    if owner is not None:  # the same model as an earlier setting, whose trials stand for it
+        if announce is not None:
+            announce(f"'{s.label}' is the same model as '{owner}': rerunning that trial.")
+        s = find_setting(abl, owner)
+    study = load_existing_study(abl)  # refuses a missing storage or study
     seed = abl.seeds[0] if seed is None else seed
-    cfg = abl.config(s.params, seed)
+    trials = study.get_trials(deepcopy=False)
+    check_seed(abl, study, trials, seed)
+    cfg, tuned = measured_config(abl, study, s.label, s.params, seed)
+    if abl.tune is not None and not tuned:
+        raise LabError(f"study '{abl.study}' has no tuned values for '{s.label}' yet (its tuning "
+                       f"has not finished), so no trial of it has run: finish the sweep first "
+                       f"(lab sweep {abl.path}).")
+    if announce is not None and stored_value(abl, s.label, seed, trials) is None:
+        announce(f"study '{abl.study}' has no completed trial of '{s.label}', seed {seed}: "
+                 "training it anyway, with nothing stored to compare against.")
     res = train(cfg, save_dir=runs_dir, name=f"{abl.study}-rerun", progress=progress,
                 hparams=trial_hparams(abl, cfg, s.label), hparam_domain=hparam_domain(abl))
     return abl, s, seed, res
 
 
-def stored_value(abl: Ablation, label: str, seed: int) -> float | None:
-    """The study's completed value for (setting, seed), when the study exists."""
+def check_seed(abl: Ablation, study, trials, seed: int) -> None:
+    """A rerun reproduces a trial of the study: a seed the study never had is refused (it
+    would train a run that nothing can be compared with; new seeds belong in the study)."""
+    had = set((study.user_attrs.get(ABLATION_ATTR) or {}).get("seeds") or [])
+    had |= {s for t in trials if (s := trial_seed(t)) is not None}
+    if seed not in had:
+        listed = ", ".join(map(str, sorted(had))) or "none yet"
+        raise LabError(
+            f"study '{abl.study}' has no seed {seed} (its seeds: {listed}), so there is no trial "
+            f"to rerun. Pick one of its seeds (seed=N), or add seed {seed} to the study: "
+            f"lab sweep {abl.path} seeds=[{', '.join(map(str, sorted(had | {seed})))}]."
+        )
+
+
+def stored_value(abl: Ablation, label: str, seed: int, trials=None) -> float | None:
+    """The study's completed value for (setting, seed), when the study has one."""
     from optuna.trial import TrialState
 
-    from lab.study.attrs import SETTING_ATTR
     from lab.study.run import load_existing_study
 
-    try:
-        study = load_existing_study(abl)
-    except LabError:
-        return None
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get(SETTING_ATTR) == label and t.params.get("seed") == seed:
+    if trials is None:
+        try:
+            trials = load_existing_study(abl).get_trials(deepcopy=False)
+        except LabError:
+            return None
+    for t in trials:
+        if (t.state == TrialState.COMPLETE and t.user_attrs.get(SETTING_ATTR) == label
+                and t.params.get("seed") == seed):
             return t.value
     return None

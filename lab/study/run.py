@@ -39,12 +39,12 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.objective import ignore_stop_signals
+from lab.study.outage import StorageUnavailable, start_retrying, stop_retrying
 from lab.study.queue import (
     count_done,
     has_work,
     pair_items,
     queue_missing,
-    reclaim_and_requeue,
     reclaim_dead_local_trials,
 )
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
@@ -227,9 +227,11 @@ def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None
         if received:
             return
         received.append(signum)
+        stop_retrying()  # stopping must not wait for a database that is gone
         raise KeyboardInterrupt
 
     abl = load_ablation(path, overrides)
+    start_retrying()
     previous = {}
     for s in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -368,11 +370,14 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
     def work(items):
         return abl if items is None else items
 
-    for st, items in studies:
-        with queue_lock(abl.storage, storage, st.study_name):  # atomic across machines too
-            reclaim_dead_local_trials(st, storage)
-            if abl.sampler == "grid":
-                queue_missing(st, work(items))
+    def queue_step() -> None:
+        for st, items in studies:
+            with queue_lock(abl.storage, storage, st.study_name):  # atomic across machines too
+                reclaim_dead_local_trials(st, storage)
+                if abl.sampler == "grid":
+                    queue_missing(st, work(items))
+
+    queue_step()
 
     def n_done() -> int:
         return sum(count_done(st.get_trials(deepcopy=False), work(items), st)
@@ -415,11 +420,12 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 progress.update(bar, completed=n_done())
                 alive = [p for p in procs if p.poll() is None]
                 if len(alive) < len(procs):
-                    died = [p for p in procs if p.poll() not in (None, 0)]
+                    died = any(p.poll() != 0 for p in procs if p not in alive)
                     if died:
-                        for st, items in studies:
-                            reclaim_and_requeue(st, storage, abl, items)
-                    if any(has_work(st) for st, _ in studies) and respawns < 3 * n_workers:
+                        queue_step()  # killed, or stopped by its own SIGTERM / SIGINT
+                    more = (any(has_work(st) for st, _ in studies) if abl.sampler == "grid"
+                            else died and n_done() < total)
+                    if more and respawns < 3 * n_workers:
                         need = n_workers - len(alive)
                         alive += [spawn_worker(argv, abl.storage) for _ in range(need)]
                         respawns += need
@@ -427,6 +433,9 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 if not procs:
                     break
             progress.update(bar, completed=n_done())
+    except StorageUnavailable:  # past the retry window: their trials are re-queued next time
+        stop_workers(procs)
+        raise
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM (`kill`, `timeout`): stop the workers, whose trials fail as
         # interrupted; a worker that could not say so is failed here. A second signal must
@@ -465,9 +474,14 @@ def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
 
 
 def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage,
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: "1",
                                                      PARENT_ENV: str(os.getpid())})
-    return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
+    p = subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env,
+                         stdin=subprocess.PIPE)
+    with contextlib.suppress(BrokenPipeError):  # a worker that died at once: seen as such
+        p.stdin.write(f"{storage}\n".encode())
+        p.stdin.close()
+    return p
 
 
 def stop_workers(procs: list[subprocess.Popen]) -> None:

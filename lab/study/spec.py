@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,9 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         raise LabError(f"ablation '{path}': pruner '{pruner}' is not one of none, median, hyperband.")
     axis = raw.get("axis") or {}
     axis = {"": axis} if isinstance(axis, str) else {str(k): str(v) for k, v in axis.items()}
-    study = str(raw.get("study") or _study_name(name, config_over, ov))
+    given = raw.get("study")
+    study = _study_name(name, config_over, ov) if given is None else str(given)
+    check_study_name(study, f"ablation '{path}': name" if given is None else "study")
     storage = str(raw.get("storage") or f"sqlite:///studies/{study}.db")
     workers = raw.get("workers")
     abl = Ablation(
@@ -360,6 +363,20 @@ def parse_seeds(raw: Any, path) -> tuple[Any, int | None]:
                        f"got {raw!r}.")
     return list(range(start, start + lo)), hi
 
+
+# A study names files and folders (studies/<study>.db, runs/<study>/, reports/<study>/): a
+# plain name, never a path.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_name(study: str, key: str) -> None:
+    if STUDY_NAME.fullmatch(study) and ".." not in study:
+        return
+    raise LabError(
+        f"{key} {study!r} is not a plain name. A study names studies/<study>.db, runs/<study>/ "
+        "and reports/<study>/, so its name takes letters, digits, '.', '_' and '-' (first a "
+        "letter or digit, no '..', at most 100 characters), e.g. study=loops-v2."
+    )
 
 def _nest(d: dict) -> dict:
     out: dict = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any
 import filelock
 
 from lab.errors import LabError
+from lab.provenance import normalize_url, scrub
 from lab.provenance import redact_url as redact_url  # re-exported: the storage API
+from lab.study.outage import RetryingStorage, StorageUnavailable, call_with_retry
 
 HEARTBEAT_S, GRACE_S = 10, 60
-# How `lab sweep` hands its storage URL to its workers: by environment, so that a password in
-# it never shows in a process list.
-STORAGE_ENV = "LAB_STORAGE_URL"
+# Set when `lab sweep` writes its storage URL to a worker's stdin: a password in it then
+# shows in no process list and in no process environment.
+STORAGE_ENV = "LAB_STORAGE_ON_STDIN"
 PARENT_ENV = "LAB_SWEEP_PID"  # the `lab sweep` process a worker must not outlive
 
 
@@ -80,10 +83,27 @@ def queue_lock(url: str, storage=None, study_name: str = ""):
                     conn.commit()
 
 def lock_path_for(url: str) -> str:
+    """The file lock of a storage: beside a SQLite database; for a server, in this user's
+    private folder, named by a hash of the URL without its password (a name that says
+    nothing about the password, in a folder no one else can list)."""
     if url.startswith("sqlite:///"):
         return url[len("sqlite:///"):] + ".lock"
-    h = hashlib.sha256(url.encode()).hexdigest()[:12]
-    return os.path.join(tempfile.gettempdir(), f"lab-study-{h}.lock")
+    h = hashlib.sha256(f"lab-lock\0{redact_url(url)}".encode()).hexdigest()[:16]
+    return str(private_dir() / f"lab-study-{h}.lock")
+
+
+def private_dir() -> Path:
+    """`<temp dir>/lab-<uid>`, readable by this user only (mode 700), for lock files."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    d = Path(tempfile.gettempdir()) / f"lab-{uid}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != uid):
+        raise LabError(f"'{d}' is not a folder of this user's; remove it, or set TMPDIR to a "
+                       "folder of yours, and run again.")
+    if st.st_mode & 0o077:
+        d.chmod(0o700)
+    return d
 
 def silence_optuna() -> None:
     """Optuna marks heartbeats and the brute-force sampler experimental; say it once, here."""
@@ -94,7 +114,10 @@ def silence_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-def open_storage(url: str, heartbeat: bool = True):
+def open_storage(url: str, heartbeat: bool = True, wait: bool = False):
+    """The Optuna storage of `url`. A server storage rides out an outage once open (see
+    lab.study.outage); with `wait`, also at the first connection (a worker, whose sweep
+    had the storage open)."""
     import optuna
 
     silence_optuna()
@@ -111,7 +134,9 @@ def open_storage(url: str, heartbeat: bool = True):
             f"storage '{url}' is not a storage URL; use sqlite:///path.db, "
             "postgresql://user:pass@host/db, mysql://..., or journal:///path.log."
         )
+    url = normalize_url(url)  # a password with a bare '@' stays out of the host
     engine_kwargs: dict[str, Any] = {}
+    bases: tuple = (LockedRDBStorage, RDBStorage)
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if not path.name.startswith("file:") and not str(path).startswith("file:"):  # a URI
@@ -120,14 +145,19 @@ def open_storage(url: str, heartbeat: bool = True):
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}} \
             if url.startswith("postgresql") else {"pool_pre_ping": True}
-    cls = type("LabRDBStorage", (LockedRDBStorage, RDBStorage), {"lock_path": lock_path_for(url)})
+        bases = (RetryingStorage, *bases)
+    cls = type("LabRDBStorage", bases, {"lock_path": lock_path_for(url), "lab_url": url})
     kwargs: dict[str, Any] = {}
     if heartbeat:
         kwargs = dict(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
     try:
         with quiet_optuna():
+            if wait and RetryingStorage in bases:
+                return call_with_retry(lambda: create_storage(cls, url, engine_kwargs, kwargs), url)
             return create_storage(cls, url, engine_kwargs, kwargs)
+    except StorageUnavailable:
+        raise
     except ImportError as e:
         raise LabError(
             f"storage '{redact_url(url)}' needs a database driver that is not installed ({e}). "
@@ -138,6 +168,7 @@ def open_storage(url: str, heartbeat: bool = True):
         if problem is not None:
             raise problem from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = scrub(msg, url)
         raise LabError(
             f"cannot open storage '{redact_url(url)}': {msg}. Check the URL "
             "(sqlite:///studies/NAME.db, postgresql://user:pass@host:5432/db) and that the "

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+from lab.errors import LabError
 from lab.study.attrs import (
     CLAIM_ATTR,
     FAIL_ATTR,
@@ -19,6 +20,8 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.objective import TrialFailed, ignore_stop_signals, make_objective
+from lab.study.outage import EXIT_STORAGE_LOST, StorageUnavailable, stop_retrying
+from lab.study.outage import state as outage_state
 from lab.study.queue import count_done, queue_missing, reclaim_and_requeue, worker_identity
 from lab.study.run import sampler_and_pruner
 from lab.study.spec import load_ablation
@@ -51,6 +54,7 @@ def interrupt_once() -> None:
         if stopping:
             return
         stopping.append(signum)
+        stop_retrying()  # its bookkeeping must not wait for a database that is gone
         ignore_stop_signals()
         raise KeyboardInterrupt
 
@@ -109,9 +113,15 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
-    storage_url = os.environ.pop(STORAGE_ENV, None)
-    if storage_url:
-        args.overrides.append(f"storage={storage_url}")
+    if os.environ.pop(STORAGE_ENV, None):
+        # The sweep writes its storage URL (which may hold a password) to our stdin: never
+        # on the command line, never in the environment.
+        url = sys.stdin.readline().rstrip("\n")
+        if not url:
+            print("error: no storage URL on stdin (the sweep that started this worker is gone)",
+                  file=sys.stderr)
+            return 2
+        args.overrides.append(f"storage={url}")
     interrupt_once()
     parent = os.environ.pop(PARENT_ENV, None)
     die_with_parent(int(parent) if parent and parent.isdigit() else None)
@@ -119,6 +129,19 @@ def worker_main(argv: list[str]) -> int:
         return work(args)
     except KeyboardInterrupt:
         return 128 + (stopping[0] if stopping else signal.SIGINT)
+    except StorageUnavailable:
+        return EXIT_STORAGE_LOST  # the sweep, which sees the same outage, says so once
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Exception:
+        # After the storage was given up (or while stopping), Optuna's own bookkeeping fails
+        # in other ways (its failed tell); the cause is known and already handled.
+        if outage_state["gave_up"]:
+            return EXIT_STORAGE_LOST
+        if stopping:
+            return 128 + stopping[0]
+        raise
 
 
 def work(args) -> int:
@@ -128,7 +151,7 @@ def work(args) -> int:
 
     quiet_lightning()
     abl = load_ablation(args.ablation, args.overrides)
-    storage = open_storage(abl.storage)
+    storage = open_storage(abl.storage, wait=True)
     # The sweep reports each trial; Optuna's own warnings (an interrupted trial's traceback)
     # would only repeat it. The study's own sampler and pruner: load_study's defaults
     # (TPE, median) are not ours.
@@ -222,10 +245,6 @@ def drain(queues: list[tuple], storage, abl, acquire, release) -> None:
             items = next(i for s, i, _ in queues if s is study)
             with queue_lock(abl.storage, storage, study.study_name):
                 queue_missing(study, abl if items is None else items)
-        if is_deterministic_failure(storage.get_trial(claimed)):
-            # Retried once now (from its checkpoint); failing again makes the pair final.
-            with queue_lock(abl.storage, storage, abl.study):
-                queue_missing(study, abl)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ a pattern without ``/`` matches any path component (``*.py``, ``tests``, ``__ini
 pattern with ``/`` is anchored at the root and matches the path or one of its leading
 directories (``test/data``, ``/email``). Directories named in :data:`SKIP_DIRS`
 (``__pycache__``, ``site-packages``, ``.git``, ...) are never entered. Binary files (a NUL
-byte in their first 8 KiB) are skipped and counted in :meth:`TextTask.provenance`.
+byte in their first 8 KiB) and special files (FIFOs, devices) are skipped and counted in
+:meth:`TextTask.provenance`.
 
 Splits are by file, a pure function of each file's relative path (never of a position inside
 a file):
@@ -65,6 +66,7 @@ import torch
 
 from lab.errors import ConfigError
 from lab.tasks.base import SPLITS, Task
+from lab.tasks.files import open_regular
 
 CACHE_VERSION = 2  # 2: a tune split
 # Directories below a root that are never entered.
@@ -212,9 +214,12 @@ def _holdout_by_hash(names: list[str], fraction: float, salt: str) -> set[str]:
     return chosen
 
 
-def _is_binary(f: _File, key: str) -> bool:
+def _is_binary(f: _File, key: str) -> bool | None:
+    """A NUL byte in the first BINARY_PROBE bytes; None: not a regular file (never read)."""
     try:
-        with open(f.path, "rb") as fh:
+        if (fh := open_regular(f.path)) is None:
+            return None
+        with fh:
             head = fh.read(BINARY_PROBE)
     except OSError as e:
         raise ConfigError(key, f"cannot read file '{f.path}': {e.strerror}.") from None
@@ -344,14 +349,14 @@ class TextTask(Task):
         }, unit
 
     def _build(self, files: list[_File], ood_files: list[_File]) -> None:
-        binary = [f for f in files if _is_binary(f, "task.path")]
-        binary += [f for f in ood_files if _is_binary(f, "task.ood_path")]
-        skip = set(binary)
-        kept = [f for f in files if f not in skip]
-        kept_ood = [f for f in ood_files if f not in skip]
+        kind = {f: _is_binary(f, "task.path") for f in files}  # None: a FIFO, a device, ...
+        kind.update({f: _is_binary(f, "task.ood_path") for f in ood_files})
+        binary, special = [f for f, b in kind.items() if b], [f for f, b in kind.items() if b is None]
+        kept = [f for f in files if kind[f] is False]
+        kept_ood = [f for f in ood_files if kind[f] is False]
         if not kept:
             raise ConfigError("task.include", f"all {len(files)} matching files are binary (a NUL "
-                                              "byte in their first 8 KiB); nothing to train on.")
+                                              "byte in their first 8 KiB) or special; nothing to train on.")
         if self.ood_roots and not kept_ood:
             raise ConfigError("task.ood_path", f"all {len(ood_files)} matching files are binary.")
         splits, unit = self._assign(kept, kept_ood)
@@ -364,7 +369,8 @@ class TextTask(Task):
         try:
             content = hashlib.sha256()
             meta: dict[str, Any] = {"version": CACHE_VERSION, "key": self.key, "ood_unit": unit,
-                                    "skipped_binary": [f.path for f in binary], "splits": {}}
+                                    "skipped_binary": [f.path for f in binary],
+                                    "skipped_special": [f.path for f in special], "splits": {}}
             for split in SPLITS:
                 table, offset = [], 0
                 hist = np.zeros(256, dtype=np.int64)
@@ -374,7 +380,9 @@ class TextTask(Task):
                         n = 0
                         content.update(f"{split}\0{f.rel}\0".encode("utf-8", "surrogateescape"))
                         try:
-                            with open(f.path, "rb") as fh:
+                            if (fh := open_regular(f.path)) is None:
+                                raise OSError(0, "it is no longer a regular file")
+                            with fh:
                                 while chunk := fh.read(_CHUNK):
                                     out.write(chunk)
                                     content.update(chunk)
@@ -496,6 +504,7 @@ class TextTask(Task):
             "bytes": {s: m["splits"][s]["bytes"] for s in SPLITS},
             "windows": dict(self.n_windows),
             "skipped_binary": len(m["skipped_binary"]),
+            "skipped_special": len(m.get("skipped_special", [])),
             "content_sha256": m["content_sha256"],
             "cache": str(self.cache),
             "chance": self.chance,
