@@ -98,7 +98,7 @@ def test_grid_is_covered_and_report_equals_storage():
         assert f"| {len(by[s['setting']])} / 0 / 0 |" in row
     for fig in ("objective.png", "cost.png"):
         assert (Path("reports/tiny") / fig).stat().st_size > 1000
-    assert "**Verdict.**" in md and "## Environment" in md and "tensorboard" in md
+    assert "**Answer.**" in md and "## Environment" in md and "tensorboard" in md
     # Two arms: looped settings against uniform ones of equal effective depth, with cost ratios.
     assert "at equal effective depth" in md and "latency ratio" in md
     assert summary["arms"].startswith("looped")
