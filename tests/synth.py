@@ -26,16 +26,18 @@ from lab.study.spec import load_ablation
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# A loops-like design: looped r = 1-3 with injection and r = 3 without, uniform stacks of
-# equal effective depth.
+# A loops-like design: prelude, a middle block looped r = 1-3 with injection (and r = 3
+# without), coda, against uniform stacks of equal effective depth (r = 1 is the same model as
+# the 3-layer stack: its twin, whose trials it owns).
 LOOPS = """
+overrides: {model.n_layers: 3, model.band: [1, 1]}
 space:
   model.family:
     looped:
       model.injection:
         add: {model.loops: [1, 2, 3]}
         none: {model.loops: [3]}
-    uniform: {model.n_layers: [1, 2, 3]}
+    uniform: {model.n_layers: [3, 4, 5]}
 axis: {looped/add: model.loops, uniform: model.n_layers}
 analysis: {primary: looped/add}
 """
@@ -65,7 +67,8 @@ def default_attrs(setting, seed: int, value: float, base: dict, objective: str) 
     family = p.get("model.family", base.get("model", {}).get("family"))
     looped = family == "looped"
     r = loops_of(p, base) if looped else 1
-    depth = r if looped else int(p.get("model.n_layers", 1))
+    n_layers = int(p.get("model.n_layers", base.get("model", {}).get("n_layers", 1)))
+    depth = n_layers + r - 1 if looped else n_layers  # a one-block core: r - 1 extra blocks
     width = int(p.get("model.d_model", 16))
     flops = 6000.0 * depth * (width / 16) ** 2
     curve = {"step": [10, 20], objective: [value * (1.1 if "bpb" in objective else 0.9), value]}
@@ -123,7 +126,10 @@ def synthetic(tmp_path: Path, name: str, body: str, value, attrs=None, seeds=(0,
     dist = {k: CategoricalDistribution(sorted({encode(s.params[k]) for s in abl.settings()
                                                if k in s.params}, key=str)) for k in keys}
     dist["seed"] = IntDistribution(SEED_LOW, SEED_HIGH)
+    twins = abl.twins()  # one model under two names: its owner's trials stand for both
     for s in abl.settings():
+        if s.label in twins:
+            continue
         for seed in seeds:
             v = float(value(s, seed))
             params = pair_params(s.params, seed)

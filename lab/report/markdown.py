@@ -233,7 +233,7 @@ def cost_section(sa: StudyAnalysis, figures: dict[str, Figure]) -> list[str]:
             if r is None:
                 continue
             ratio = fmt_ratio(*r, sa.confidence)
-            parts.append(f"{setting_label(s)}: " + (f"no measurable difference ({ratio})"
+            parts.append(f"{setting_label(s)}: " + (f"no measurable difference, {ratio}"
                                                     if r[1] <= 1 <= r[2] else ratio))
         if parts:
             noun = sa.latency_noun
