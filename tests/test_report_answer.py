@@ -247,3 +247,27 @@ def test_learning_curves_of_arms_share_one_y_axis(loops):
     cost = loops.figs["cost.png"]
     assert [t.get_text() for t in cost.legends[0].get_texts()] == [
         "looped/add", "looped/none", "uniform"]
+
+
+def test_caveat_names_a_budget_at_which_the_verdict_differs(tmp_path):
+    # Full budget (20 steps): 1 -> 2 layers gains, 2 -> 3 equivalent: levels off at 2 layers.
+    # At the 10-step budget every step still gains: the verdict differs there.
+    full = {1: 2.60, 2: 2.45, 3: 2.4502}
+    half = {1: 2.90, 2: 2.75, 3: 2.60}
+    body = "space: {model.n_layers: [1, 2, 3]}\naxis: model.n_layers\n"
+
+    def budgets(s, seed):
+        n = int(s.axis)
+        return {"budgets": {"0.5": {"steps": 10, "metrics": {"val/bpb": spread(half[n], seed,
+                                                                               1e-4)}},
+                            "1.0": {"steps": 20, "metrics": {"val/bpb": spread(full[n], seed,
+                                                                               1e-4)}}}}
+
+    rep = report(tmp_path, lambda tmp: synthetic(
+        tmp, "bud", body, lambda s, seed: spread(full[int(s.axis)], seed, 1e-4), attrs=budgets))
+    v = rep.verdicts[""]
+    assert v.supported and v.saturation == "2 layers"
+    line = rep.summary["answer"][0]
+    assert line.startswith("**bud**: levels off at 2 layers.")
+    assert line.endswith("Caveat: at the 10-step budget the verdict differs: still gaining at "
+                         "the end of the range.")
