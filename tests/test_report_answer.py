@@ -15,6 +15,7 @@ import pytest
 from synth import LOOPS, MODES, spread, synthetic
 
 from lab.report import write_report
+from lab.report.answer import answer_lines
 from lab.report.figures.diagnostics import exits_early, operating_point
 from lab.report.study import StudyAnalysis
 from lab.stats import ratio_ci
@@ -263,11 +264,12 @@ def test_caveat_names_a_budget_at_which_the_verdict_differs(tmp_path):
                             "1.0": {"steps": 20, "metrics": {"val/bpb": spread(full[n], seed,
                                                                                1e-4)}}}}
 
-    rep = report(tmp_path, lambda tmp: synthetic(
-        tmp, "bud", body, lambda s, seed: spread(full[int(s.axis)], seed, 1e-4), attrs=budgets))
-    v = rep.verdicts[""]
+    abl, study = synthetic(tmp_path, "bud", body,
+                           lambda s, seed: spread(full[int(s.axis)], seed, 1e-4), attrs=budgets)
+    sa = StudyAnalysis(abl, study)
+    v = dict(sa.verdicts())[""]
     assert v.supported and v.saturation == "2 layers"
-    line = rep.summary["answer"][0]
+    line = answer_lines(sa, sa.verdicts())[0]
     assert line.startswith("**bud**: levels off at 2 layers.")
     assert line.endswith("Caveat: at the 10-step budget the verdict differs: still gaining at "
                          "the end of the range.")
