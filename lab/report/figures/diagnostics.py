@@ -147,7 +147,7 @@ def _why_figure(sa: StudyAnalysis, looped, out: Path) -> Figure | None:
         if norm:
             axes[1].plot(list(norm), list(norm.values()), "-o", ms=3, color=color)
         if inject and injected(sa, s.setting):
-            axes[1].plot(list(inject), list(inject.values()), "--", lw=1, color=color)
+            axes[1].plot(list(inject), list(inject.values()), "--x", ms=4, lw=1, color=color)
         if cos:
             axes[2].plot(list(cos), list(cos.values()), "-o", ms=3, color=color)
     axes[0].set_ylabel(f"readout {label}" + (" (%)" if key == "readout_acc" else ""))
@@ -156,9 +156,12 @@ def _why_figure(sa: StudyAnalysis, looped, out: Path) -> Figure | None:
     plain_log_ticks(axes[1])
     axes[2].set_ylabel("cos(block update r, block update r-1)")
     axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].set_ylim(-1.05, 1.05)  # a cosine's whole range: studies read alike
+    r_max = max(r for _, _, r in rows)
     for ax in axes:
         ax.set_xlabel("loop index r")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xticks(range(1, r_max + 1))
+        ax.set_xlim(0.7, r_max + 0.3)
     axes[0].set_title("readout after loop r", fontsize=9)
     axes[1].set_title("block's own update (dashed: injected input)", fontsize=9)
     axes[2].set_title("direction of the block's successive updates", fontsize=9)
