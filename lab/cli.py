@@ -1,4 +1,5 @@
-"""The ``lab`` command: train, check, sweep, report, export, rerun, compare, dashboard, bench."""
+"""The ``lab`` command: train, check, sweep, report, findings, export, rerun, compare, dashboard,
+bench."""
 
 from __future__ import annotations
 
@@ -152,6 +153,21 @@ def cmd_report(args) -> int:
     return write_report(args.ablation, args.overrides, force=args.force)
 
 
+def cmd_findings(args) -> int:
+    from lab.provenance import REPO
+    from lab.report.findings import update_readme
+
+    readme = Path(args.readme) if args.readme else REPO / "README.md"
+    reports = Path(args.reports) if args.reports else readme.parent / "reports"
+    changed = update_readme(readme, reports, check=args.check)
+    if args.check:
+        console.print(f"{readme}: findings {'out of date: run `lab findings`' if changed else 'up to date'}")
+        return 1 if changed else 0
+    console.print(f"{readme}: findings {'rewritten' if changed else 'already up to date'} "
+                  f"from {reports}/*/summary.json")
+    return 0
+
+
 def cmd_export(args) -> int:
     from lab.report.export import export_study
 
@@ -245,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--html", action="store_true",
                    help="also write report.html (always written; kept for clarity)")
     r.set_defaults(func=cmd_report)
+
+    f = sub.add_parser("findings", help="write the README's findings from reports/*/summary.json")
+    f.add_argument("--check", action="store_true",
+                   help="only check: exit 1 when the README's findings are out of date")
+    f.add_argument("--readme", default=None, help="the README (default: the repository's)")
+    f.add_argument("--reports", default=None, help="reports folder (default: beside the README)")
+    f.set_defaults(func=cmd_findings)
 
     e = sub.add_parser("export", help="one row per trial (setting, seed, state, metrics, costs)")
     e.add_argument("ablation")

@@ -112,6 +112,13 @@ def test_figures_from_a_fake_metrics_dict():
     assert list(lines["ood"].get_xdata()) == [16]
     diag = figs["figures/diagnostics"].axes
     assert len(diag) == 2 and list(diag[0].lines[0].get_xdata()) == [1, 2]
+    # A looped model's update norm panel shows the block's own part beside the injected input.
+    split = metric_figures({**metrics, "diag/block_norm/1": 0.5, "diag/block_norm/2": 0.4,
+                            "diag/inject_norm/2": 0.9})["figures/diagnostics"].axes[1]
+    assert [ln.get_label() for ln in split.lines] == ["block's own update", "injected input",
+                                                      "total update"]
+    assert [t.get_text() for t in split.get_legend().get_texts()] == [
+        "block's own update", "injected input", "total update"]
     assert metric_figures({"val/acc_token": 0.5}) == {}
 
 

@@ -60,6 +60,9 @@ def test_setting_label_and_figure():
     assert setting_label(stat([1.0], group="looped", setting="loops=2")) == "looped: loops=2"
     assert setting_label(stat([1.0], group="looped", setting="looped, loops=2")) == "looped, loops=2"
     assert setting_label(stat([1.0], setting="uniform")) == "uniform"
+    # Nested arms: the label names every choice already.
+    assert setting_label(stat([1.0], group="parallel/False",
+                              setting="parallel, plt_shift=False")) == "parallel, plt_shift=False"
     assert Figure("why.png").caption == ""
 
 

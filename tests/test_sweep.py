@@ -98,7 +98,7 @@ def test_grid_is_covered_and_report_equals_storage():
         assert f"| {len(by[s['setting']])} / 0 / 0 |" in row
     for fig in ("objective.png", "cost.png"):
         assert (Path("reports/tiny") / fig).stat().st_size > 1000
-    assert "**Verdict.**" in md and "## Environment" in md and "tensorboard" in md
+    assert "**Answer.**" in md and "## Environment" in md and "tensorboard" in md
     # Two arms: looped settings against uniform ones of equal effective depth, with cost ratios.
     assert "at equal effective depth" in md and "latency ratio" in md
     assert summary["arms"].startswith("looped")
@@ -287,6 +287,16 @@ BAD_ABLATIONS = {
     "bad_top_level": ("space: {model.loops: [1]}\nseedz: [1]\n", "seedz"),
     "impossible_setting": ("space: {model.n_heads: [3]}\n", "model.n_heads"),
     "no_space": ("name: x\n", "no 'space'"),
+    # A misspelt arm or setting would silently change what the headline is about.
+    "misspelt_primary": ("space: {model.family: {looped: {model.loops: [1]}, "
+                         "uniform: {model.n_layers: [1]}}}\nanalysis: {primary: uniformm}\n",
+                         "analysis.primary 'uniformm' is not an arm of the space. Did you mean "
+                         "'uniform'?"),
+    "misspelt_reference": ("space: {model.n_layers: [1, 2]}\nanalysis: {reference: n_layer=2}\n",
+                           "analysis.reference 'n_layer=2' is not a setting of the space. Did "
+                           "you mean 'n_layers=2'?"),
+    "primary_without_arms": ("space: {model.n_layers: [1, 2]}\nanalysis: {primary: looped}\n",
+                             "the space has no arms"),
 }
 
 

@@ -8,6 +8,15 @@ For a batch and a traced forward pass (:meth:`lab.model.stack.Stack.trace`):
   the width changes between boundaries;
 - cosine between successive updates (h_i - h_{i-1}) and (h_{i-1} - h_{i-2}), i = 2..n;
   negative means the state oscillates;
+- looped plans, the update split into its two parts: the loop's input u_i is the previous
+  loop's output plus whatever the walk adds before the loop (the injected prelude output with
+  model.injection=add, and the shift in parallel mode), so
+  h_i - h_{i-1} = (h_i - u_i) + (u_i - h_{i-1}). The block's own part, ``block_norm/i`` =
+  ||h_i - u_i|| / ||u_i|| (i = 1..n), and ``block_cos/i``, the cosine between the block's
+  successive contributions (i = 2..n), measure the looped block alone; ``inject_norm/i`` =
+  ||u_i - h_{i-1}|| / ||h_{i-1}|| (i = 2..n) is what entered from outside it. With injection
+  the total update of loop i contains the prelude output, so ``update_norm`` and
+  ``update_cos`` describe the injection as much as the block;
 - readout drift KL(p_i || p_{i-1}) between successive readouts, i = 2..n, over labelled
   positions.
 
@@ -124,20 +133,35 @@ class Diagnostics:
                 kl = (logp.exp() * (logp - prev_logp)).sum(-1)  # KL(p_i || p_{i-1}), (B, T)
                 self._add(f"readout_kl/{i}", kl[mask].sum(), n_lab)
             prev_logp = logp
-        prev_update = None
+        updates: dict[str, torch.Tensor | None] = {"update": None, "block": None}
         for i in range(1, len(out.states)):
             a, b = out.states[i - 1].float(), out.states[i].float()
-            if a.shape != b.shape:
-                prev_update = None
-                continue
-            u = b - a  # (B, T, C)
-            n_tok = u.shape[0] * u.shape[1]
-            rel = u.norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)
-            self._add(f"update_norm/{i}", rel.sum(), n_tok)
-            if prev_update is not None and prev_update.shape == u.shape:
-                cos = F.cosine_similarity(u, prev_update, dim=-1, eps=1e-12)
-                self._add(f"update_cos/{i}", cos.sum(), n_tok)
-            prev_update = u
+            self._update(i, "update", a, b, updates)
+            if len(out.inputs) >= i:  # looped: the block's own part and the injected part
+                u = out.inputs[i - 1].float()
+                self._update(i, "block", u, b, updates)
+                if i > 1 and u.shape == a.shape:
+                    self._relative(f"inject_norm/{i}", u - a, a)
+
+    def _relative(self, key: str, d: torch.Tensor, ref: torch.Tensor) -> None:
+        """Mean over tokens of ||d|| / ||ref|| (both (B, T, C))."""
+        rel = d.norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-12)
+        self._add(key, rel.sum(), d.shape[0] * d.shape[1])
+
+    def _update(self, i: int, name: str, a: torch.Tensor, b: torch.Tensor,
+                updates: dict[str, torch.Tensor | None]) -> None:
+        """`<name>_norm/i` of the update b - a relative to a, and `<name>_cos/i`, its cosine
+        with the previous update of the same name; skipped where the width changes."""
+        if a.shape != b.shape:
+            updates[name] = None
+            return
+        d = b - a  # (B, T, C)
+        self._relative(f"{name}_norm/{i}", d, a)
+        prev = updates[name]
+        if prev is not None and prev.shape == d.shape:
+            c = F.cosine_similarity(d, prev, dim=-1, eps=1e-12)
+            self._add(f"{name}_cos/{i}", c.sum(), d.shape[0] * d.shape[1])
+        updates[name] = d
 
     def compute(self) -> dict[str, float]:
         return {k: self.sums[k] / max(self.counts[k], 1) for k in sorted(self.sums, key=_order)}

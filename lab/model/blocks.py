@@ -138,6 +138,10 @@ class StackOutput:
     # Hidden states at each boundary: before the first loop / after the embedding, then after
     # every loop (looped) or every layer (single-pass). Widths may differ between entries.
     states: list[torch.Tensor] = field(default_factory=list)
+    # Looped plans: the input of every loop (inputs[i] enters loop i + 1, at the core's input
+    # width): the previous loop's output plus whatever the walk adds to it (injection, shift).
+    # states[i + 1] - inputs[i] is the core's own contribution in loop i + 1.
+    inputs: list[torch.Tensor] = field(default_factory=list)
     # Logits read out after every loop / layer; readouts[-1] is logits.
     readouts: list[torch.Tensor] = field(default_factory=list)
     # Whether each readout carries gradient (truncated BPTT runs early loops without it).

@@ -103,9 +103,31 @@ def fmt_diff(d: float, lo: float, hi: float, scale: float) -> str:
     return f"{d * scale:+.{n}f} ({lo * scale:+.{n}f} to {hi * scale:+.{n}f})"
 
 
+def ratio_digits(*ratios: float) -> int:
+    """Decimals for cost ratios: 3 where a ratio is within 1% of 1 (0.997x, not "1.00x"
+    beside an interval that excludes 1), else 2."""
+    return 3 if any(0 < abs(r - 1) < 0.01 for r in ratios) else 2
+
+
+def fmt_ratio(r: float, lo: float | None = None, hi: float | None = None,
+              confidence: float | None = None) -> str:
+    """A cost ratio, with its interval when given: '1.68x (95% CI 1.60 to 1.75)'; each
+    number rounded once, never repeated."""
+    if _missing(r):
+        return "-"
+    if lo is None or hi is None:
+        return f"{r:.{ratio_digits(r)}f}x"
+    d = ratio_digits(r, lo, hi)
+    conf = f"{confidence * 100:g}% CI " if confidence is not None else ""
+    return f"{r:.{d}f}x ({conf}{lo:.{d}f} to {hi:.{d}f})"
+
+
 def setting_label(s: SettingStats) -> str:
-    """A setting's label, prefixed by its arm unless the label already starts with it."""
-    return f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(s.group) else s.setting
+    """A setting's label, prefixed by its arm unless the label already starts with the arm's
+    first choice (labels of nested arms, "parallel, plt_shift=False" in arm
+    "parallel/False", name every choice already)."""
+    top = s.group.split("/")[0]
+    return f"{s.group}: {s.setting}" if s.group and not s.setting.startswith(top) else s.setting
 
 
 def md_table(headers: list[str], rows: list[list[str]], align: str | None = None) -> str:

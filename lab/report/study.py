@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from lab.report.fmt import fmt_ratio
 from lab.stats import (
     CompareVerdict,
     CurveVerdict,
@@ -95,6 +96,7 @@ class StudyAnalysis:
         self.options = replace(options_for(abl, study), scale=self.scale, unit=self.unit)
         self.records, self.notes = trial_records(study, abl)
         self.stats = summarize(self.records, confidence=self.confidence, bounds=self.bounds)
+        self.latency_source = use_paired_latency(self.stats, self.paired_latency, self.twins)
         self.groups: dict[str, list[SettingStats]] = defaultdict(list)
         for s in self.stats:
             self.groups[s.group].append(s)
@@ -193,8 +195,22 @@ class StudyAnalysis:
                          "kv_ratio": _ratio(s.costs, o.costs, "kv_bytes_per_token")})
         return rows
 
+    @property
+    def latency_mode(self) -> str | None:
+        """How latency was timed: "kv-cache decode" (causal tasks) or "full-sequence pass"
+        (bidirectional tasks: a forward pass per token, no decoding); None if never timed."""
+        if self.paired_latency and self.paired_latency.get("mode"):
+            return self.paired_latency["mode"]
+        modes = {r.attrs.get("latency_mode") for r in self.records} - {None}
+        return modes.pop() if len(modes) == 1 else None
+
+    @property
+    def latency_noun(self) -> str:
+        """'decode latency' or 'forward latency', by how latency was timed."""
+        return "forward latency" if self.latency_mode == "full-sequence pass" else "decode latency"
+
     def latency_ratio(self, a: str, b: str) -> tuple[float, float, float] | None:
-        """Setting a's decode latency over b's, from the paired rounds timed after the sweep
+        """Setting a's latency per token over b's, from the paired rounds timed after the sweep
         (lab.study.costpass); None when the study has none (single per-trial timings are too
         noisy to compare on a shared machine)."""
         if not self.paired_latency:
@@ -244,16 +260,16 @@ class StudyAnalysis:
         lat = last["latency_ratio"]
         if lat is not None:
             r, lo, hi = lat
-            d = 3 if abs(r - 1) < 0.01 else 2  # 0.998x, not "1.00x", when it differs
-            conf = int(self.confidence * 100)
-            costs.append(f"{r:.{d}f}x the latency per token ({conf}% CI {lo:.{d}f} to "
-                         f"{hi:.{d}f}, paired timing)" if lo > 1 or hi < 1 else
-                         f"the same latency per token within measurement (paired timing, "
-                         f"{conf}% CI {lo:.2f}x to {hi:.2f}x)")
+            x, ci = fmt_ratio(r, lo, hi, self.confidence).split(" ", 1)
+            costs.append(f"{x} the {self.latency_noun} per token {ci[:-1]}, paired timing)"
+                         if lo > 1 or hi < 1 else
+                         f"the same {self.latency_noun} per token within measurement (paired "
+                         f"timing: {x}, {ci[1:-1]})")
         if last["kv_ratio"] is not None:
-            costs.append(f"{last['kv_ratio']:.2f}x the KV bytes per token")
+            costs.append(f"{fmt_ratio(last['kv_ratio'])} the KV bytes per token")
         if last["params"] and last["other_params"]:
-            costs.append(f"{last['params'] / last['other_params']:.2f}x the unique parameters")
+            costs.append(f"{fmt_ratio(last['params'] / last['other_params'])} the unique "
+                         "parameters")
         sentence = "; ".join(parts)
         if costs:
             sentence += f"; at {last['name']} it needs " + ", ".join(costs) + f" of {g1}"
@@ -287,7 +303,9 @@ class StudyAnalysis:
         return line
 
     def summary(self) -> dict[str, Any]:
-        """The numbers behind the report, as written to summary.json."""
+        """The numbers behind the report, as written to summary.json (where
+        lab.report.write adds "answer", the lines of the report's Answer block)."""
+        verdicts = self.verdicts()
         return {
             "study": self.abl.study,
             "objective": self.objective,
@@ -309,12 +327,35 @@ class StudyAnalysis:
                  "outcome": d.outcome, "level": d.level,
                  "look": self.decided_at.get(k)}
                 for k, d in self.decisions.items()],
-            "verdicts": {g: v.sentence for g, v in self.verdicts()},
-            "decided": {g: v.supported for g, v in self.verdicts()},
+            "verdicts": {g: v.sentence for g, v in verdicts},
+            "decided": {g: v.supported for g, v in verdicts},
             "arms": self.arm_sentence(),
+            "latency_source": self.latency_source,
             "notes": self.notes,
             "context_costs": self.context_costs,
         }
+
+
+def use_paired_latency(stats: list[SettingStats], paired: dict | None,
+                       twins: dict[str, str] | None = None) -> str:
+    """Where the paired cost pass ran (lab.study.costpass), each setting's latency per token
+    becomes the median of its paired rounds: one trial's timing, taken while another worker
+    shared the machine, can differ by 2x between identical models. The per-trial mean stays
+    under "latency_s_per_token_per_trial". A setting that is another's twin (one model under
+    two names) takes that setting's rounds. Returns where the latencies come from: "paired"
+    or "per trial"."""
+    import statistics
+
+    secs = (paired or {}).get("seconds") or {}
+    hit = False
+    for s in stats:
+        timed = secs.get(s.setting) or secs.get((twins or {}).get(s.setting, s.setting))
+        rounds = [x for x in timed or [] if x is not None]
+        if rounds:
+            s.costs["latency_s_per_token_per_trial"] = s.costs.get("latency_s_per_token")
+            s.costs["latency_s_per_token"] = statistics.median(rounds)
+            hit = True
+    return "paired" if hit else "per trial"
 
 
 def _ratio(a: dict, b: dict, key: str) -> float | None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.report.answer import answer_lines
 from lab.report.figures import report_figures
 from lab.report.fmt import fmt_bytes, fmt_ci, fmt_num, fmt_time, setting_label
 from lab.report.html import write_html
@@ -71,7 +72,8 @@ def write_report(path: str, overrides: list[str] | None = None, quiet: bool = Fa
                 f"commands below come from that file.\n{rest}")
     (out / "report.md").write_text(text)
     write_html(out / "report.md")
-    (out / "summary.json").write_text(json.dumps(sa.summary(), indent=2, default=str))
+    summary = {"answer": answer_lines(sa, sa.verdicts()), **sa.summary()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     if not quiet:
         console.print(f"report: {out / 'report.md'} (and report.html, figures inline)")
         if mismatch:

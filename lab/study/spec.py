@@ -23,6 +23,7 @@ Space entries: ``key: [v1, v2]`` (categorical), ``key: {low: a, high: b, step: s
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -341,6 +342,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     if abl.tune is not None and abl.sampler != "grid":
         raise LabError(f"ablation '{path}': tune needs sampler: grid (settings x seeds).")
     check_space_keys(abl)
+    check_analysis_names(abl)
     return abl
 
 SEED_KEYS = {"min", "max", "start"}
@@ -396,6 +398,28 @@ def _study_name(name: str, config_overrides: list[str], _file_overrides: dict) -
         return name
     h = hashlib.sha256("\n".join(sorted(config_overrides)).encode()).hexdigest()[:6]
     return f"{name}-{h}"
+
+def check_analysis_names(abl: Ablation) -> None:
+    """analysis.primary names an arm and analysis.reference a setting of the space: a
+    misspelt name would otherwise silently change which arm or setting a verdict is about."""
+    if abl.sampler != "grid":
+        return
+    settings = abl.settings()
+    arms = list(dict.fromkeys(s.group for s in settings if s.group))
+    labels = [s.label for s in settings]
+    for key, name, valid, what, a in (("primary", abl.analysis.get("primary"), arms, "arm", "an"),
+                                      ("reference", abl.analysis.get("reference"), labels,
+                                       "setting", "a")):
+        if name is None or str(name) in valid:
+            continue
+        if not valid:
+            raise LabError(f"ablation '{abl.path}': analysis.{key} is '{name}', but the space "
+                           f"has no {what}s to name; remove analysis.{key}.")
+        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise LabError(f"ablation '{abl.path}': analysis.{key} '{name}' is not {a} {what} of the "
+                       f"space.{hint} Valid {what}s: {', '.join(repr(v) for v in valid)}.")
+
 
 def check_space_keys(abl: Ablation) -> None:
     """Every key of the space must be a config key: build the base with the first values."""

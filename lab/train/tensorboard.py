@@ -34,8 +34,16 @@ DEFAULT_HPARAM_KEYS = ("model.family", "model.n_layers", "model.loops", "model.d
 COST_METRICS = ("params", "effective_depth", "flops_per_token", "train_flops_per_token",
                 "train_tokens_per_s", "latency_s_per_token", "kv_bytes_per_token",
                 "train_step_peak_bytes")
-DIAG_PANELS = (("readout_acc", "readout accuracy"), ("update_norm", "relative update norm"),
-               ("update_cos", "cosine of successive updates"), ("readout_kl", "KL to previous readout"))
+# Panels of the diagnostics figure: (title, ((diagnostic, series label), ...)). A looped
+# model's update is split into the block's own part and the injected input (lab.eval.metrics).
+DIAG_PANELS = (
+    ("readout accuracy", (("readout_acc", "readout"),)),
+    ("relative update norm", (("block_norm", "block's own update"),
+                              ("inject_norm", "injected input"), ("update_norm", "total update"))),
+    ("cosine of successive updates", (("block_cos", "block's own updates"),
+                                      ("update_cos", "total updates"))),
+    ("KL to previous readout", (("readout_kl", "readout"),)),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,14 +212,20 @@ def _indexed(metrics: dict[str, float], prefix: str) -> list[tuple[Any, float]]:
 def diagnostics_figure(metrics: dict[str, float]):
     """Per-loop (or per-layer) diagnostics against the loop index, one panel each; None
     when the metrics have no ``diag/<name>/<i>``."""
-    panels = [(name, title, _indexed(metrics, f"diag/{name}")) for name, title in DIAG_PANELS]
-    panels = [p for p in panels if p[2]]
+    panels = []
+    for title, series in DIAG_PANELS:
+        rows = [(label, r) for name, label in series if (r := _indexed(metrics, f"diag/{name}"))]
+        if rows:
+            panels.append((title, rows))
     if not panels:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-    for ax, (_, title, rows) in zip(axes[0], panels, strict=True):
-        ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
+    for ax, (title, series) in zip(axes[0], panels, strict=True):
+        for label, rows in series:
+            ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o", ms=3, label=label)
+        if len(series) > 1:
+            ax.legend(fontsize=6)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("loop / layer index")
         ax.grid(alpha=0.3)

@@ -66,8 +66,10 @@ def trace(m: Stack, x: torch.Tensor, r: int, keep: bool, bptt: int | None) -> St
         with ctx:
             # u^{l+1}_t = h^l_{t-1} + e_t, h^l_{-1} = 0
             u = m.loop_input(h, i, e, core0, shift=shift_right if spec.shift else None)
-            if i == 0 and keep:
-                out.states.append(u)
+            if keep:
+                if i == 0:
+                    out.states.append(u)
+                out.inputs.append(u)
             h, prev = u, core0
             for b in plan.core:
                 h = m.move(h, prev, b)

@@ -40,8 +40,10 @@ def trace(m: Stack, x: torch.Tensor, r: int, keep: bool, bptt: int | None) -> St
         ctx = torch.no_grad() if i < free and torch.is_grad_enabled() else contextlib.nullcontext()
         with ctx:
             h = m.loop_input(h, i, e, e_src)
-            if i == 0 and keep:
-                out.states.append(h)
+            if keep:
+                if i == 0:
+                    out.states.append(h)
+                out.inputs.append(h)
             h, prev = m.run_blocks(h, plan.core[0], plan.core)
             m.record_loop(out, h, prev, keep, i >= free)
     return m.finish(out, h, plan.core[-1], keep)

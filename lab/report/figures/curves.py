@@ -77,26 +77,29 @@ def fig_axis(sa: StudyAnalysis, path: Path) -> Figure | None:
 
 
 def fig_categories(sa: StudyAnalysis, path: Path) -> Figure | None:
-    """The objective per setting (seeds as dots, mean with its CI); None without results."""
+    """The objective per setting (seeds as dots, mean with its CI), one row per setting so
+    that long labels never collide; None without results."""
     pyplot = plt()
     ss = [s for s in sa.stats if s.n]
     if not ss:
         return None
-    fig, ax = pyplot.subplots(figsize=(6.4, 4.0))
+    fig, ax = pyplot.subplots(figsize=(7.0, 1.5 + 0.42 * len(ss)))
     for i, s in enumerate(ss):
-        ax.scatter([i] * len(s.values), [v * sa.scale for v in s.values], s=14, color="C0",
-                   alpha=0.45, linewidths=0)
+        ax.scatter([v * sa.scale for v in s.values], [i] * len(s.values), s=14, color="C0",
+                   alpha=0.45, linewidths=0, label="seeds" if i == 0 else None)
         err = [[(s.mean - s.ci_low) * sa.scale if math.isfinite(s.ci_low) else 0],
                [(s.ci_high - s.mean) * sa.scale if math.isfinite(s.ci_high) else 0]]
-        ax.errorbar([i], [s.mean * sa.scale], yerr=err, fmt="o", color="C1", capsize=4)
-    ax.set_xticks(range(len(ss)), [s.setting for s in ss], rotation=20, fontsize=8)
+        ax.errorbar([s.mean * sa.scale], [i], xerr=err, fmt="o", color="C1", capsize=4,
+                    label=f"mean, {int(sa.confidence * 100)}% CI" if i == 0 else None)
+    ax.set_yticks(range(len(ss)), [s.setting for s in ss], fontsize=8)
+    ax.invert_yaxis()  # table order, top to bottom
     if sa.chance is not None:
-        ax.axhline(sa.chance * sa.scale, color="grey", ls=":", lw=1, label="chance")
-        ax.legend(fontsize=8)
-    ax.set_ylabel(obj_label(sa))
-    ax.set_title(f"{sa.abl.study}: objective per setting ({int(sa.confidence * 100)}% CI)",
-                 fontsize=10)
-    fig.tight_layout()
+        ax.axvline(sa.chance * sa.scale, color="grey", ls=":", lw=1, label="chance")
+    ax.set_xlabel(obj_label(sa) + (", lower is better" if sa.direction == "minimize" else ""))
+    ax.set_title(f"{sa.abl.study}: objective per setting", fontsize=10)
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
     fig.savefig(path)
     pyplot.close(fig)
     return Figure(path.name)

@@ -16,15 +16,26 @@ if TYPE_CHECKING:
 
 def fig_learning_curves(sa: StudyAnalysis, path: Path) -> Figure | None:
     """The objective against training steps: per setting the mean over seeds and its CI band,
-    one panel per arm."""
+    one panel per verdict (an arm, or every single-setting arm together), all panels on one
+    y axis, at most three panels a row."""
+    from lab.report.study import verdict_sets
+
     cs = curves(sa)
     if not cs:
         return None
-    groups = list(dict.fromkeys(c.group for c in cs))
+    of = {(c.group, c.setting): c for c in cs}
+    by = {g: [s for s in ss if (g, s.setting) in of] for g, ss in sa.groups.items()}
+    panels = [(g, [of[(s.group, s.setting)] for s in ss])
+              for g, ss in verdict_sets([g for g in by if by[g]], by)]
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
     pyplot = plt()
-    fig, axes = pyplot.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
-    for ax, g in zip(axes[0], groups, strict=True):
-        for i, c in enumerate(x for x in cs if x.group == g):
+    fig, axes = pyplot.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.8 * nrow), squeeze=False,
+                                sharey=True)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (g, panel) in zip(axes.flat, panels, strict=False):
+        for i, c in enumerate(panel):
             means, lo, hi = [], [], []
             for j in range(len(c.steps)):
                 vals = [v[j] for v in c.by_seed.values() if j < len(v) and v[j] is not None]
@@ -38,7 +49,7 @@ def fig_learning_curves(sa: StudyAnalysis, path: Path) -> Figure | None:
             ax.fill_between(c.steps, lo, hi, color=f"C{i % 10}", alpha=0.12, linewidth=0)
         ax.set_xlabel("training step")
         ax.set_ylabel(obj_label(sa))
-        ax.set_title(g or sa.abl.study, fontsize=10)
+        ax.set_title(g or ("every arm" if g is None else sa.abl.study), fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
