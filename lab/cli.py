@@ -44,11 +44,15 @@ def run_table(rows: list[dict], title: str) -> Table:
 
 def cmd_train(args) -> int:
     from lab.config import load_config
+    from lab.model import resolve
     from lab.study.spec import NON_IDENTITY_KEYS
+    from lab.tasks import describe
     from lab.train import train
     from lab.train.tensorboard import DEFAULT_HPARAM_KEYS, run_hparams
 
     cfg = load_config(args.config, args.overrides)
+    # What it trains on (a corpus's files and MB per split) before the first step.
+    out.print(f"task: {escape(describe(resolve(cfg)[1]))}", highlight=False)
     # HParams: a few model keys and whatever the command line set (seed and task always).
     keys = [*DEFAULT_HPARAM_KEYS, *(o.partition("=")[0] for o in args.overrides)]
     keys = [k for k in dict.fromkeys(keys) if k not in NON_IDENTITY_KEYS]

@@ -56,6 +56,7 @@ from lab.study.storage import (
     storage_errors,
 )
 from lab.study.tune import freeze_choices, open_tune_study, tune_items
+from lab.tasks import check_eval_room
 from lab.train.run import task_record
 
 
@@ -85,6 +86,9 @@ def create_or_load_study(abl: Ablation, storage=None):
     old = study.user_attrs.get(FINGERPRINT_ATTR)
     if old is None:
         cfg, task, _ = resolve(abl.config())
+        # A corpus too small for the evaluation sets: one message now, not a failed trial each.
+        check_eval_room(task, cfg.train.val_size,
+                        ("train", "val", "ood", *(("tune",) if abl.tune is not None else ())))
         study.set_user_attr(FINGERPRINT_ATTR, fp)
         study.set_user_attr(IDENTITY_ATTR, ident)
         study.set_user_attr(ABLATION_ATTR, {

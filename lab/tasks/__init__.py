@@ -15,6 +15,7 @@ from lab.tasks.base import (
     SPLITS,
     Task,
     accuracy_by_difficulty,
+    check_eval_room,
     describe,
     eval_set,
     has_difficulty,
@@ -34,7 +35,8 @@ TASKS: dict[str, type] = {
 }
 
 __all__ = [
-    "IGNORE", "SPLITS", "TASKS", "Task", "accuracy_by_difficulty", "build_task", "describe",
+    "IGNORE", "SPLITS", "TASKS", "Task", "accuracy_by_difficulty", "build_task",
+    "check_eval_room", "describe",
     "eval_set", "has_difficulty", "largest_solved", "merge_counts", "resolve_task_class",
 ]
 

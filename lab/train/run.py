@@ -23,7 +23,7 @@ from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
-from lab.tasks import describe, has_difficulty
+from lab.tasks import check_eval_room, describe, has_difficulty
 from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.module import Diverged, LabModule, Throughput
 from lab.train.tensorboard import (
@@ -174,6 +174,7 @@ def train(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(cfg.train.threads)
     cfg, task, plan = resolve(cfg)
+    check_eval_room(task, cfg.train.val_size, ("train", *eval_splits))
     save_dir = save_dir or cfg.out_dir
     name = name if name is not None else default_name(cfg)
     resume_from = None
