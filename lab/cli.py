@@ -125,7 +125,7 @@ def cmd_check(args) -> int:
 
 def cmd_sweep(args) -> int:
     from lab.report import print_results, write_report
-    from lab.study.run import run_sweep
+    from lab.study.run import run_sweep, write_study_journal
     from lab.study.spec import load_ablation
 
     rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
@@ -141,6 +141,10 @@ def cmd_sweep(args) -> int:
             console.print("and its KV bytes and decode latency against context length ...")
         costpass.ensure(abl, load_existing_study(abl))
     try:
+        # What the report is made from, beside it: the study file a fresh clone reads.
+        journal = write_study_journal(abl)
+        console.print(f"study: {journal} ({journal.stat().st_size / 1e3:.0f} kB, an Optuna journal)",
+                      highlight=False)
         print_results(abl)
         report_rc = write_report(args.ablation, args.overrides or [], quiet=False)
     except LabError:

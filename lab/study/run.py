@@ -38,6 +38,7 @@ from lab.study.attrs import (
     pair_params,
     stored_seed_choices,
 )
+from lab.study.journal import journal_path, read_journal, write_journal
 from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
@@ -55,7 +56,7 @@ from lab.study.storage import (
     redact_url,
     storage_errors,
 )
-from lab.study.tune import freeze_choices, open_tune_study, tune_items
+from lab.study.tune import freeze_choices, open_tune_study, tune_items, tune_objective_key
 from lab.tasks import check_eval_room
 from lab.train.run import task_record
 
@@ -83,6 +84,7 @@ def create_or_load_study(abl: Ablation, storage=None):
     study = optuna.create_study(study_name=abl.study, storage=storage,
                                 direction=abl.direction, load_if_exists=True,
                                 **sampler_and_pruner(abl))
+    name_objective(study, abl.objective)
     old = study.user_attrs.get(FINGERPRINT_ATTR)
     if old is None:
         cfg, task, _ = resolve(abl.config())
@@ -124,6 +126,12 @@ def create_or_load_study(abl: Ablation, storage=None):
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
 
+def name_objective(study, metric: str) -> None:
+    """Name the study's objective (optuna-dashboard and the importance plots show it instead
+    of "Objective 0")."""
+    if study.metric_names != [metric]:
+        study.set_metric_names([metric])
+
 def stored_identity(study) -> dict:
     """The study's stored identity; for a study made when fewer keys were in the identity,
     with those keys added at the values it ran with (its stored base config, else the
@@ -164,22 +172,39 @@ def first_difference(a: dict, b: dict) -> str:
             return f"{what} (first difference at '{key}': was {fa.get(k)!r}, now {fb.get(k)!r})"
     return "setup"
 
+def existing_storage(abl: Ablation) -> tuple[object, str]:
+    """The storage that holds the study, and its name for messages: the study's own storage,
+    or, when that does not exist (a fresh clone has no studies/), the journal its sweep wrote
+    beside its report (read into memory: the committed file is never written)."""
+    if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
+        journal = journal_path(abl.study)
+        if journal.is_file():
+            return read_journal(journal), str(journal)
+        raise LabError(
+            f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist, "
+            f"nor {journal}, the copy a sweep writes beside its report. Run it first: "
+            f"lab sweep {abl.path}."
+        )
+    return open_storage(abl.storage, heartbeat=False), redact_url(abl.storage)
+
+def write_study_journal(abl: Ablation) -> Path:
+    """reports/<study>/study.jsonl from the study's own storage (see lab.study.journal)."""
+    storage = open_storage(abl.storage, heartbeat=False)
+    with storage_errors(abl.storage):
+        return write_journal(storage, abl.study)
+
 def load_existing_study(abl: Ablation):
+    """The study a sweep wrote (from its storage, else from the journal beside its report)."""
     import optuna
 
-    if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
-        raise LabError(
-            f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist. "
-            f"Run it first: lab sweep {abl.path}."
-        )
-    storage = open_storage(abl.storage, heartbeat=False)
+    storage, where = existing_storage(abl)
     try:
         with storage_errors(abl.storage):
             return optuna.load_study(study_name=abl.study, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise LabError(
-            f"no study '{abl.study}' in {redact_url(abl.storage)}"
+            f"no study '{abl.study}' in {where}"
             + (f" (it holds: {', '.join(names)})" if names else " (it holds no studies)")
             + f". Run it first: lab sweep {abl.path}."
         ) from None
@@ -232,6 +257,8 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
     argv = [str(abl.path), *(o for o in overrides or [] if not o.startswith("storage="))]
     if abl.tune is not None:
         tuning = [(open_tune_study(abl, s, storage), tune_items(abl)) for s in abl.settings()]
+        for st, _ in tuning:
+            name_objective(st, tune_objective_key(abl.objective))
         points = len(abl.tune.grid())
         shape = (f"{len(tuning)} settings x {points} points x {len(abl.tune.seeds)} tuning "
                  f"seed(s), {abl.tune.budget:g}x the steps, pruner {abl.tune.pruner}")
