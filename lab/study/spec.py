@@ -114,11 +114,14 @@ class Ablation:
 
     # ---------------------------------------------------------------- configs
     def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
-        layers = [self.overrides] if self.overrides else []
+        # A bad key or value names the ablation file it came from, not the command line.
+        layers = [(f"the overrides of {self.path}", self.overrides)] if self.overrides else []
         extra = [f"{k}={json.dumps(decode(v))}" for k, v in (params or {}).items()]
         if seed is not None:
             extra.append(f"seed={seed}")
-        return load_config(self.base, [*self.config_overrides, *extra], layers=layers)
+        sources = {k: f"the space of {self.path}" for k in params or {}}
+        return load_config(self.base, [*self.config_overrides, *extra], layers=layers,
+                           sources=sources)
 
     def settings(self) -> list[Setting]:
         if self.sampler != "grid":
