@@ -1,4 +1,5 @@
-"""The ``lab`` command: train, check, sweep, report, export, rerun, compare, dashboard, bench."""
+"""The ``lab`` command: train, check, sweep, report, export, rerun, compare, sample, dashboard,
+bench."""
 
 from __future__ import annotations
 
@@ -207,6 +208,38 @@ def cmd_rerun(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    import torch
+
+    from lab.eval.generate import generate
+    from lab.study.sample import check_sampling, load_run, parse_prompt, trial_run_dir
+
+    check_sampling(args.length, args.temperature)
+    prompt = parse_prompt(args.prompt)
+    if Path(args.target).is_dir():
+        if args.setting is not None or args.overrides:
+            raise LabError(f"'{args.target}' is a run directory: give no setting or key=value "
+                           "after it (those name a trial of an ablation file).")
+        run_dir, what = Path(args.target), "run"
+    else:
+        if args.setting is None:
+            raise LabError(f"'{args.target}' is not a run directory; to sample a study's trial "
+                           "give the ablation file, a setting and seed=N (as for lab rerun).")
+        run_dir, what = trial_run_dir(args.target, args.setting, args.overrides)
+    torch.set_num_threads(1)
+    run = load_run(run_dir)
+    loops = args.loops or run.loops
+    g = torch.Generator().manual_seed(args.seed)
+    new = generate(run.model, prompt, args.length, args.temperature, g, run.context, loops)
+    console.print(
+        f"{escape(what)} {escape(str(run.run_dir))} (step {run.step} of {run.steps}): "
+        f"{args.length} bytes at temperature {args.temperature:g}, seed {args.seed}, "
+        f"{loops} loop(s), a window of {run.context} bytes", highlight=False)
+    sys.stdout.write(bytes(prompt + new).decode("utf-8", errors="replace") + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     from lab.study.dashboard import run_dashboard
 
@@ -271,6 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("ablations", nargs="+", help="two or more ablation files")
     cp.add_argument("--out", default=None, help="output folder (default reports/compare/A+B)")
     cp.set_defaults(func=cmd_compare, overrides=[])
+
+    sm = sub.add_parser("sample", help="generate bytes from a trained text-task run")
+    sm.add_argument("target", help="a run directory (runs/NAME/version_N), or an ablation file")
+    sm.add_argument("setting", nargs="?", default=None,
+                    help="with an ablation file: the trial's setting (seed=N picks its seed)")
+    sm.add_argument("overrides", nargs="*", help="seed=N, and the sweep's config overrides")
+    sm.add_argument("--prompt", "-p", default="\\n",
+                    help="the text to continue (backslash escapes such as \\n work; default a newline)")
+    sm.add_argument("--length", "-n", type=int, default=256, help="bytes to generate")
+    sm.add_argument("--temperature", "-t", type=float, default=0.8,
+                    help="0: the most likely byte each step; higher: more random")
+    sm.add_argument("--seed", "-s", type=int, default=0, help="the sampling seed")
+    sm.add_argument("--loops", type=int, default=None,
+                    help="loop count to decode at (default: the run's evaluation loops)")
+    sm.set_defaults(func=cmd_sample)
 
     d = sub.add_parser("dashboard", help="optuna-dashboard on the study's own storage")
     d.add_argument("ablation")
