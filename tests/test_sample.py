@@ -22,7 +22,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     rng = random.Random(0)
-    words = "the cat sat on a mat and then it ran off to see the dog".split()
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "off", "to", "see",
+             "the", "dog"]
     for i in range(12):
         (root / f"f{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)) + "\n")
     return root
