@@ -29,9 +29,14 @@ JOURNAL_NAME = "study.jsonl"
 WORKER_ID = "lab-journal"  # in place of the writer's random id: the same study, the same file
 
 
+def report_folder(study_name: str) -> Path:
+    """reports/<study>: where a study's report, its exports and its journal go."""
+    return Path("reports") / study_name
+
+
 def journal_path(study_name: str) -> Path:
     """reports/<study>/study.jsonl: beside the study's report."""
-    return Path("reports") / study_name / JOURNAL_NAME
+    return report_folder(study_name) / JOURNAL_NAME
 
 
 class MemoryJournal(BaseJournalBackend):

@@ -19,7 +19,6 @@ from rich.markup import escape
 
 from lab.config import flatten, to_dict
 from lab.errors import LabError
-from lab.model import resolve
 from lab.provenance import provenance
 from lab.study.attrs import (
     ABLATION_ATTR,
@@ -39,7 +38,6 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.journal import journal_path, read_journal, write_journal
-from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
     has_work,
@@ -57,8 +55,6 @@ from lab.study.storage import (
     storage_errors,
 )
 from lab.study.tune import freeze_choices, open_tune_study, tune_items, tune_objective_key
-from lab.tasks import check_eval_room
-from lab.train.run import task_record
 
 
 def sampler_and_pruner(abl: Ablation) -> dict:
@@ -87,6 +83,11 @@ def create_or_load_study(abl: Ablation, storage=None):
     name_objective(study, abl.objective)
     old = study.user_attrs.get(FINGERPRINT_ATTR)
     if old is None:
+        # Building the task (torch) only for a new study: resuming one, the parent of the
+        # workers stays light.
+        from lab.model import resolve
+        from lab.tasks import check_eval_room, task_record
+
         cfg, task, _ = resolve(abl.config())
         # A corpus too small for the evaluation sets: one message now, not a failed trial each.
         check_eval_room(task, cfg.train.val_size,
@@ -314,8 +315,9 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
             if abl.sampler == "grid":
                 queue_missing(st, work(items))
 
-    def n_done() -> int:
-        return sum(count_done(st.get_trials(deepcopy=False), work(items)) for st, items in studies)
+    def n_done(trials: dict | None = None) -> int:
+        return sum(count_done(trials[st.study_name] if trials else st.get_trials(deepcopy=False),
+                              work(items)) for st, items in studies)
 
     total = sum(len(items) if items is not None else
                 (len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials)
@@ -344,14 +346,15 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
             procs = [spawn_worker(argv, abl.storage) for _ in range(n_workers)]
             respawns = 0
             while True:
-                time.sleep(1.0)
+                time.sleep(0.5)
+                trials = {st.study_name: st.get_trials(deepcopy=False) for st, _ in studies}
                 for st, _ in studies:
-                    for t in st.get_trials(deepcopy=False):
+                    for t in trials[st.study_name]:
                         if t.state.is_finished() and (st.study_name, t.number) not in seen:
                             seen.add((st.study_name, t.number))
                             if not t.user_attrs.get(SPURIOUS_ATTR):
                                 progress.console.print(trial_line(t, abl))
-                progress.update(bar, completed=n_done())
+                progress.update(bar, completed=n_done(trials))
                 alive = [p for p in procs if p.poll() is None]
                 if len(alive) < len(procs):
                     died = [p for p in procs if p.poll() not in (None, 0)]
@@ -367,6 +370,8 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                     break
             progress.update(bar, completed=n_done())
     except KeyboardInterrupt:
+        from lab.study.objective import ignore_stop_signals
+
         # Ctrl-C or SIGTERM (`kill`, `timeout`): stop the workers, whose trials fail as
         # interrupted; a worker that could not say so is failed here. A second signal must
         # not cut this short (the workers would be orphaned).

@@ -23,6 +23,7 @@ Space entries: ``key: [v1, v2]`` (categorical), ``key: {low: a, high: b, step: s
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -83,6 +84,18 @@ ADDED_IDENTITY_KEYS = {
 }
 
 
+# Configs built by Ablation.config, by every input (building one through OmegaConf takes tens
+# of milliseconds, and a report or a worker asks for the same ones many times).
+_CONFIGS: dict[str, LabConfig] = {}
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
 # --------------------------------------------------------------------------------------------
 # The ablation file
 
@@ -120,8 +133,15 @@ class Ablation:
         if seed is not None:
             extra.append(f"seed={seed}")
         sources = {k: f"the space of {self.path}" for k in params or {}}
-        return load_config(self.base, [*self.config_overrides, *extra], layers=layers,
-                           sources=sources)
+        # Every input of the config, the base files' modification times included.
+        key = json.dumps([str(self.path), [[str(b), _mtime(b)] for b in self.base],
+                          self.overrides, self.config_overrides, extra], default=str)
+        if key not in _CONFIGS:
+            if len(_CONFIGS) > 1024:
+                _CONFIGS.clear()
+            _CONFIGS[key] = load_config(self.base, [*self.config_overrides, *extra],
+                                        layers=layers, sources=sources)
+        return copy.deepcopy(_CONFIGS[key])
 
     def settings(self) -> list[Setting]:
         if self.sampler != "grid":

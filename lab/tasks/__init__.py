@@ -21,6 +21,7 @@ from lab.tasks.base import (
     has_difficulty,
     largest_solved,
     merge_counts,
+    task_record,
 )
 from lab.tasks.induction import InductionTask
 from lab.tasks.pointer import PointerTask
@@ -38,6 +39,7 @@ __all__ = [
     "IGNORE", "SPLITS", "TASKS", "Task", "accuracy_by_difficulty", "build_task",
     "check_eval_room", "describe",
     "eval_set", "has_difficulty", "largest_solved", "merge_counts", "resolve_task_class",
+    "task_record",
 ]
 
 

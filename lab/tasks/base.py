@@ -117,6 +117,18 @@ def describe(task) -> str:
     return task.describe() if hasattr(task, "describe") else type(task).__name__
 
 
+def task_record(task) -> dict:
+    """What the task says about itself: its description and, where it has one, its data's
+    provenance (a corpus's roots, files and bytes per split, content hash, Python version)."""
+    rec: dict = {"description": describe(task), "chance": task.chance}
+    if has_difficulty(task):
+        rec["difficulty_name"] = getattr(task, "difficulty_name", "difficulty")
+        rec["floors"] = {str(k): v for k, v in task.floor("val").items()}
+    if hasattr(task, "provenance"):
+        rec["provenance"] = task.provenance()
+    return rec
+
+
 def has_difficulty(task) -> bool:
     """Whether ``task`` implements the optional difficulty protocol."""
     return all(callable(getattr(task, m, None)) for m in ("difficulty", "difficulty_values", "floor"))

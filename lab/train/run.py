@@ -23,7 +23,7 @@ from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
-from lab.tasks import check_eval_room, describe, has_difficulty
+from lab.tasks import check_eval_room, task_record
 from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.module import Diverged, LabModule, Throughput
 from lab.train.tensorboard import (
@@ -91,18 +91,6 @@ def _latest_version(root: Path) -> str | None:
         key=lambda p: p.stat().st_mtime,
     )
     return found[-1].name if found else None
-
-
-def task_record(task) -> dict:
-    """What the task says about itself: its description and, where it has one, its data's
-    provenance (a corpus's roots, files and bytes per split, content hash, Python version)."""
-    rec: dict = {"description": describe(task), "chance": task.chance}
-    if has_difficulty(task):
-        rec["difficulty_name"] = getattr(task, "difficulty_name", "difficulty")
-        rec["floors"] = {str(k): v for k, v in task.floor("val").items()}
-    if hasattr(task, "provenance"):
-        rec["provenance"] = task.provenance()
-    return rec
 
 
 def plan_record(plan: StackPlan, cfg: LabConfig) -> dict:
