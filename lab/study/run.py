@@ -38,6 +38,7 @@ from lab.study.attrs import (
     stored_seed_choices,
 )
 from lab.study.journal import journal_path, read_journal, write_journal
+from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
     has_work,
@@ -370,8 +371,6 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                     break
             progress.update(bar, completed=n_done())
     except KeyboardInterrupt:
-        from lab.study.objective import ignore_stop_signals
-
         # Ctrl-C or SIGTERM (`kill`, `timeout`): stop the workers, whose trials fail as
         # interrupted; a worker that could not say so is failed here. A second signal must
         # not cut this short (the workers would be orphaned).
