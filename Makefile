@@ -8,7 +8,7 @@ WORKERS  ?=
 ARGS     ?=
 CONFIG   ?=
 HOST     ?= 127.0.0.1
-PORT     ?= 8080
+PORT     ?=
 STUDY    ?=
 FORMAT   ?= csv
 SETTING  ?=
@@ -20,9 +20,12 @@ ABLATIONS ?=
         tensorboard dashboard clean clean-studies
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} \
+		{ name[NR] = $$1; doc[NR] = $$2; if (length($$1) > w) w = length($$1) } \
+		END { for (i = 1; i <= NR; i++) printf "  make %-" w "s  %s\n", name[i], doc[i] }'
 	@echo "  variables: ABLATION=$(ABLATION) WORKERS=<n> ARGS=\"key=value ...\" CONFIG=<yaml>"
 	@echo "             STUDY=<runs/ subfolder> FORMAT=csv|json|parquet SETTING=\"<label>\" SEED=<n> ABLATIONS=\"a b\""
+	@echo "             HOST=127.0.0.1 PORT=<n> (tensorboard: 6006, dashboard: 8080)"
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -69,15 +72,15 @@ bench: $(STAMP) ## measure harness overhead and utilisation; writes reports/benc
 	$(BIN)/lab bench $(ARGS)
 
 tensorboard: $(STAMP) ## TensorBoard on runs/ (or runs/STUDY with STUDY=...), bound to 127.0.0.1
-	$(BIN)/tensorboard --logdir runs$(if $(STUDY),/$(STUDY)) --host $(HOST)
+	$(BIN)/tensorboard --logdir runs$(if $(STUDY),/$(STUDY)) --host $(HOST) --port $(or $(PORT),6006)
 
 dashboard: $(STAMP) ## optuna-dashboard on the study's own storage: make dashboard ABLATION=loops ARGS="..."
-	$(BIN)/lab dashboard ablations/$(ABLATION).yaml --host $(HOST) --port $(PORT) $(ARGS)
+	$(BIN)/lab dashboard ablations/$(ABLATION).yaml --host $(HOST) --port $(or $(PORT),8080) $(ARGS)
 
 clean: ## remove runs/ and caches (keeps studies/ and reports/)
 	rm -rf runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
-clean-studies: ## delete studies/: every study's trials (Optuna storages); reports cannot be rebuilt after
-	@echo "deleting studies/ (the Optuna storages: $$(ls studies 2>/dev/null | grep -c '\.db$$') SQLite studies); reports/ is kept"
+clean-studies: ## delete studies/ (the Optuna storages); reports are rebuilt from their study.jsonl
+	@echo "deleting studies/ (the Optuna storages: $$(ls studies 2>/dev/null | grep -c '\.db$$') SQLite studies); reports/ and their study.jsonl are kept"
 	rm -rf studies

@@ -1,5 +1,5 @@
-"""The ``lab`` command: train, check, sweep, report, findings, export, rerun, compare, dashboard,
-bench."""
+"""The ``lab`` command: train, check, sweep, report, findings, export, rerun, compare, sample,
+dashboard, bench."""
 
 from __future__ import annotations
 
@@ -45,11 +45,15 @@ def run_table(rows: list[dict], title: str) -> Table:
 
 def cmd_train(args) -> int:
     from lab.config import load_config
+    from lab.model import resolve
     from lab.study.spec import NON_IDENTITY_KEYS
+    from lab.tasks import describe
     from lab.train import train
     from lab.train.tensorboard import DEFAULT_HPARAM_KEYS, run_hparams
 
     cfg = load_config(args.config, args.overrides)
+    # What it trains on (a corpus's files and MB per split) before the first step.
+    out.print(f"task: {escape(describe(resolve(cfg)[1]))}", highlight=False)
     # HParams: a few model keys and whatever the command line set (seed and task always).
     keys = [*DEFAULT_HPARAM_KEYS, *(o.partition("=")[0] for o in args.overrides)]
     keys = [k for k in dict.fromkeys(keys) if k not in NON_IDENTITY_KEYS]
@@ -121,13 +125,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from lab.report import print_results, write_report
-    from lab.study.run import run_sweep
+    from lab.study.run import run_sweep, write_study_journal
     from lab.study.spec import load_ablation
 
     rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
     if rc not in (0, 1):
         return rc
+    from lab.report import print_results, write_report  # after: the workers start sooner
+
     abl = load_ablation(args.ablation, args.overrides)
     if not rc and abl.config().eval.cost:
         from lab.study import costpass
@@ -138,6 +143,10 @@ def cmd_sweep(args) -> int:
             console.print("and its KV bytes and decode latency against context length ...")
         costpass.ensure(abl, load_existing_study(abl))
     try:
+        # What the report is made from, beside it: the study file a fresh clone reads.
+        journal = write_study_journal(abl)
+        console.print(f"study: {journal} ({journal.stat().st_size / 1e3:.0f} kB, an Optuna journal)",
+                      highlight=False)
         print_results(abl)
         report_rc = write_report(args.ablation, args.overrides or [], quiet=False)
     except LabError:
@@ -216,6 +225,38 @@ def cmd_rerun(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    import torch
+
+    from lab.eval.generate import generate
+    from lab.study.sample import check_sampling, load_run, parse_prompt, trial_run_dir
+
+    check_sampling(args.length, args.temperature)
+    prompt = parse_prompt(args.prompt)
+    if Path(args.target).is_dir():
+        if args.setting is not None or args.overrides:
+            raise LabError(f"'{args.target}' is a run directory: give no setting or key=value "
+                           "after it (those name a trial of an ablation file).")
+        run_dir, what = Path(args.target), "run"
+    else:
+        if args.setting is None:
+            raise LabError(f"'{args.target}' is not a run directory; to sample a study's trial "
+                           "give the ablation file, a setting and seed=N (as for lab rerun).")
+        run_dir, what = trial_run_dir(args.target, args.setting, args.overrides)
+    torch.set_num_threads(1)
+    run = load_run(run_dir)
+    loops = args.loops or run.loops
+    g = torch.Generator().manual_seed(args.seed)
+    new = generate(run.model, prompt, args.length, args.temperature, g, run.context, loops)
+    console.print(
+        f"{escape(what)} {escape(str(run.run_dir))} (step {run.step} of {run.steps}): "
+        f"{args.length} bytes at temperature {args.temperature:g}, seed {args.seed}, "
+        f"{loops} loop(s), a window of {run.context} bytes", highlight=False)
+    sys.stdout.write(bytes(prompt + new).decode("utf-8", errors="replace") + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_dashboard(args) -> int:
     from lab.study.dashboard import run_dashboard
 
@@ -288,6 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", default=None, help="output folder (default reports/compare/A+B)")
     cp.set_defaults(func=cmd_compare, overrides=[])
 
+    sm = sub.add_parser("sample", help="generate bytes from a trained text-task run")
+    sm.add_argument("target", help="a run directory (runs/NAME/version_N), or an ablation file")
+    sm.add_argument("setting", nargs="?", default=None,
+                    help="with an ablation file: the trial's setting (seed=N picks its seed)")
+    sm.add_argument("overrides", nargs="*", help="seed=N, and the sweep's config overrides")
+    sm.add_argument("--prompt", "-p", default="\\n",
+                    help="the text to continue (backslash escapes such as \\n work; default a newline)")
+    sm.add_argument("--length", "-n", type=int, default=256, help="bytes to generate")
+    sm.add_argument("--temperature", "-t", type=float, default=0.8,
+                    help="0: the most likely byte each step; higher: more random")
+    sm.add_argument("--seed", "-s", type=int, default=0, help="the sampling seed")
+    sm.add_argument("--loops", type=int, default=None,
+                    help="loop count to decode at (default: the run's evaluation loops)")
+    sm.set_defaults(func=cmd_sample)
+
     d = sub.add_parser("dashboard", help="optuna-dashboard on the study's own storage")
     d.add_argument("ablation")
     d.add_argument("overrides", nargs="*", help="config overrides and study keys, as for sweep")
@@ -319,6 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
         return 130
+    finally:
+        if argv is None:  # the `lab` command: the process ends after this
+            exit_quickly()
+
+
+def exit_quickly() -> None:
+    """Spare the interpreter's final garbage collection over every object torch and
+    Lightning created (about 2 s here): nothing is left to free at exit."""
+    import gc
+
+    gc.freeze()
 
 
 if __name__ == "__main__":

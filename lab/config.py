@@ -293,7 +293,8 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
     return OmegaConf.from_dotlist(list(overrides))
 
 
-def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source: str) -> DictConfig:
+def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source: str,
+                 sources: dict[str, str] | None = None) -> DictConfig:
     # A layer that names a different task starts the task section afresh.
     new_task = OmegaConf.select(layer, "task.name", default=None)
     if new_task is not None and new_task != OmegaConf.select(cfg, "task.name", default=None):
@@ -301,23 +302,29 @@ def _merge_layer(cfg: DictConfig, layer: DictConfig, schema: DictConfig, source:
     try:
         return OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as e:
-        raise _translate(e, schema, source) from None
+        key = str(getattr(e, "full_key", None) or "")
+        raise _translate(e, schema, (sources or {}).get(key, source)) from None
 
 
 def load_config(
     files: list[str | os.PathLike] | None = None,
     overrides: list[str] | None = None,
-    layers: list[dict | DictConfig] | None = None,
+    layers: list[dict | DictConfig | tuple[str, dict | DictConfig]] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> LabConfig:
-    """Defaults, then each YAML file, then each extra mapping layer, then overrides."""
+    """Defaults, then each YAML file, then each extra mapping layer, then overrides.
+
+    A layer may be (source, mapping); `sources` names where an override key came from when
+    not the command line (an ablation's space): an error then says where the value was set."""
     schema = _schema()
     cfg = schema.copy()
     for f in files or []:
         cfg = _merge_layer(cfg, _load_yaml(f), schema, str(f))
     for layer in layers or []:
-        cfg = _merge_layer(cfg, OmegaConf.create(layer), schema, "")
+        source, layer = layer if isinstance(layer, tuple) else ("", layer)
+        cfg = _merge_layer(cfg, OmegaConf.create(layer), schema, source)
     if overrides:
-        cfg = _merge_layer(cfg, parse_overrides(overrides), schema, "command line")
+        cfg = _merge_layer(cfg, parse_overrides(overrides), schema, "command line", sources)
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:

@@ -11,8 +11,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "lightning", "optuna", "optuna-integration", "tensorboard", "omegaconf",
             "rich", "matplotlib", "numpy")
@@ -59,6 +57,8 @@ def cpu_model() -> str:
 
 
 def device_info() -> dict:
+    import torch  # here, not at import: reading a study (report, export) needs no torch
+
     info = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),

@@ -128,3 +128,22 @@ def test_every_ablation_loads_and_every_setting_builds(path):
         model = build_model(cfg, task, plan)
         x, _ = eval_set(task, "val", 1)
         assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("body,key,where", [
+    ("space: {model.loopz: [1, 2]}\n", "model.loopz", "the space of"),
+    ("overrides: {model.n_layer: 2}\nspace: {model.loops: [1, 2]}\n", "model.n_layer",
+     "the overrides of"),
+    ("space: {model.loops: [x, 2]}\n", "model.loops", "the space of"),
+])
+def test_an_error_in_an_ablation_file_names_the_file(tmp_path, capsys, body, key, where):
+    f = tmp_path / "mine.yaml"
+    f.write_text(f"name: mine\nbase: [{ROOT / 'configs' / 'debug.yaml'}]\n{body}")
+    assert main(["sweep", str(f)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{key}'" in err and f"(from {where} {f})" in err and "command line" not in err
+    # A key from the command line is still blamed on the command line.
+    f.write_text(f"name: mine\nbase: [{ROOT / 'configs' / 'debug.yaml'}]\n"
+                 "space: {model.loops: [1, 2]}\n")
+    assert main(["sweep", str(f), "model.lopos=3"]) == 2
+    assert "(from command line)" in capsys.readouterr().err

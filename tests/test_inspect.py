@@ -8,6 +8,7 @@ once for the module; the tests read it.
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -248,6 +249,40 @@ def test_rerun_line_keeps_overrides_seeds_and_storage(in_study):
     assert rerun_command(abl, {}).startswith(f"lab rerun {TINY} SETTING train.steps=30")
 
 
+def test_fresh_clone_reads_the_study_file_beside_the_report(in_study, tmp_path, monkeypatch):
+    """Without studies/ (a fresh clone), report, export, compare, rerun and dashboard read
+    reports/tiny/study.jsonl, which the sweep wrote; the report equals the one from storage."""
+    from lab.report.compare import write_compare
+    from lab.study.rerun import stored_value
+    from lab.study.run import existing_storage
+    from lab.study.spec import load_ablation
+
+    journal = Path("reports/tiny/study.jsonl")
+    assert 1000 < journal.stat().st_size < 8 * 10_000  # a few kB per trial
+    assert load().metric_names == ["val/acc_token"]
+    done = [t for t in load().trials if t.state == TrialState.COMPLETE]
+    assert main(["report", str(TINY)]) == 0
+    assert main(["export", str(TINY)]) == 0
+    stamp = re.compile(r" on \d{4}-\d\d-\d\d \d\d:\d\d from ")
+    original = {name: stamp.sub(" on DATE from ", Path("reports/tiny", name).read_text())
+                for name in ("report.md", "summary.json", "trials.csv")}
+    clone = tmp_path / "clone"
+    (clone / "reports" / "tiny").mkdir(parents=True)
+    (clone / "reports" / "tiny" / "study.jsonl").write_bytes(journal.read_bytes())
+    monkeypatch.chdir(clone)
+    assert main(["report", str(TINY)]) == 0
+    assert main(["export", str(TINY)]) == 0
+    for name, text in original.items():
+        assert stamp.sub(" on DATE from ", Path("reports/tiny", name).read_text()) == text, name
+    assert not Path("studies").exists()
+    abl = load_ablation(TINY)
+    for t in done:
+        assert stored_value(abl, t.user_attrs["lab.setting"], t.params["seed"]) == t.value
+    assert existing_storage(abl)[1] == "reports/tiny/study.jsonl"  # what the dashboard serves
+    out, rows = write_compare([str(TINY), str(TINY)], out_dir="cmp")
+    assert len(rows) == 8 and (out / "compare.md").is_file()
+
+
 def test_compare_two_studies(in_study):
     from lab.report.compare import write_compare
 
@@ -322,6 +357,7 @@ def test_dashboard_serves_the_study_with_flat_metrics(in_study):
             assert t["intermediate_values"]
         sortable = {a["key"] for a in detail["union_user_attrs"] if a["sortable"]}
         assert {"metric/val/acc_token", "metric/ood/acc_token", "params"} <= sortable
+        assert detail["objective_names"] == ["val/acc_token"]  # not "Objective 0"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the session this test started, by its PID
         proc.wait(timeout=20)

@@ -16,6 +16,8 @@ from lab.errors import ConfigError, LabError
 from lab.tasks import SPLITS, build_task, eval_set
 from lab.tasks.text import STDLIB_OOD, TextTask, bits_per_byte, matches
 
+DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
+
 
 def write_corpus(root: Path, files: dict[str, bytes]) -> Path:
     for rel, data in files.items():
@@ -94,15 +96,18 @@ def test_windows_never_cross_file_boundaries(tmp_path):
 def test_split_is_deterministic_and_depends_on_relative_path_only(tmp_path):
     files = random_files(0)
     a = text(write_corpus(tmp_path / "a", files), tmp_path)
-    # Same relative paths, other contents and sizes, other root, other cache.
-    other = {rel: b"#" * (len(data) + 7) for rel, data in files.items()}
+    # Same relative paths and sizes, other contents, other root, other cache.
+    other = {rel: b"#" * len(data) for rel, data in files.items()}
     b = text(write_corpus(tmp_path / "b", other), tmp_path / "elsewhere")
     assert split_of(a) == split_of(b)
     assert set(split_of(a).values()) == set(SPLITS)
-    # Adding files moves no existing file to another split.
+    # Adding files moves no existing file between train, val and tune (the OOD share is
+    # chosen by bytes, so added bytes may change which directories are held out).
     more = dict(files, **{f"d{d}/new{k}.py": b"x = 1\n" * 20 for d in range(6) for k in range(3)})
     c = text(write_corpus(tmp_path / "a", more), tmp_path)
-    assert {rel: s for rel, s in split_of(c).items() if rel in files} == split_of(a)
+    ood = {rel for t in (a, c) for rel, s in split_of(t).items() if s == "ood"}
+    assert ({rel: s for rel, s in split_of(c).items() if rel in files and rel not in ood}
+            == {rel: s for rel, s in split_of(a).items() if rel not in ood})
     # The hash-chosen OOD split holds out whole top-level directories (6 >= 4 of them).
     assert a.ood_mode == "hash: directories"
     ood_dirs = {rel.split("/")[0] for rel, s in split_of(a).items() if s == "ood"}
@@ -166,7 +171,10 @@ def test_include_exclude_and_binary_files(tmp_path):
     files = random_files(0)
     files["d0/blob.py"] = b"abc\0def" * 100  # binary: skipped, counted
     files["d1/notes.txt"] = b"not python\n" * 50
-    task = text(write_corpus(tmp_path / "c", files), tmp_path, exclude=["d2", "/d3/f1.py"])
+    root = write_corpus(tmp_path / "c", files)
+    everything = text(root, tmp_path)  # by default every file that is not binary
+    assert "d1/notes.txt" in split_of(everything) and "d0/blob.py" not in split_of(everything)
+    task = text(root, tmp_path, include="*.py", exclude=["d2", "/d3/f1.py"])
     rels = set(split_of(task))
     assert "d0/blob.py" not in rels and "d1/notes.txt" not in rels
     assert not any(r.startswith("d2/") for r in rels) and "d3/f1.py" not in rels and "d3/f0.py" in rels
@@ -275,7 +283,7 @@ def test_harness_reports_bits_per_byte_and_loss_by_position(tmp_path, debug_cfg)
     root = tmp_path / "corpus"
     root.mkdir()
     for i in range(12):
-        (root / f"f{i}.txt").write_text(f"line {i}: " + "abcdefgh " * (40 + i))
+        (root / f"f{i}.txt").write_text(f"line {i}: " + "abcdefgh " * (160 + i))
     cfg = debug_cfg("task.name=text", f"task.path={root}", "task.include=['*.txt']",
                     "task.seq_len=16", "task.val_fraction=0.2", "task.ood_fraction=0.2",
                     f"task.cache_dir={tmp_path / 'cache'}", "eval.cost=false")
@@ -287,3 +295,96 @@ def test_harness_reports_bits_per_byte_and_loss_by_position(tmp_path, debug_cfg)
         assert sum(bands) / 4 == pytest.approx(m[f"{split}/loss"], rel=1e-6)  # 4 equal bands
     prov = json.loads((Path(res.run_dir) / "provenance.json").read_text())
     assert prov["task"]["provenance"]["files"]["train"] >= 1
+
+
+def ood_hash(name: str) -> float:
+    """The OOD split's hash of a unit name, computed here from its definition (sha256 of
+    'ood', NUL, name; the first 8 bytes as a fraction of 2^64)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"ood\0{name}".encode()).digest()[:8], "big") / 2**64
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ood_share_is_chosen_by_bytes(tmp_path, seed):
+    # One directory holds 44% of the bytes and its name hashes first: choosing directories by
+    # count (hash < ood_fraction) held it out whole. By bytes, the held-out share stays near
+    # ood_fraction, in whole directories.
+    rng = random.Random(seed)
+    big = next(f"big{i}" for i in range(10_000) if ood_hash(f"big{i}") < 0.02)
+    files = {f"{big}/part{k}.txt": bytes(rng.randrange(1, 256) for _ in range(4400))
+             for k in range(10)}
+    for d in range(28):
+        for k in range(2):
+            files[f"s{seed}x{d}/f{k}.md"] = bytes(rng.randrange(1, 256) for _ in range(1000))
+    root = write_corpus(tmp_path / "c", files)
+    task = text(root, tmp_path, include="*", ood_fraction=0.1, val_fraction=0.1)
+    total = sum(len(b) for b in files.values())
+    held = {rel for rel, s in split_of(task).items() if s == "ood"}
+    share = sum(len(files[r]) for r in held) / total
+    assert 0.05 <= share <= 0.15, share
+    assert task.ood_mode == "hash: directories" and not any(r.startswith(big) for r in held)
+    dirs = {r.split("/")[0] for r in held}
+    assert held == {r for r in files if r.split("/")[0] in dirs}  # whole directories
+    assert f"({100 * share:.1f}% of the bytes)" in task.describe()
+
+
+def test_ood_share_by_bytes_holds_out_files_when_no_directory_fits(tmp_path):
+    # Four directories of a quarter of the bytes each: none fits in 1.5 x 10%, so files are
+    # held out instead.
+    files = {f"d{d}/f{k}.txt": bytes([65 + d]) * 500 for d in range(4) for k in range(20)}
+    task = text(write_corpus(tmp_path / "c", files), tmp_path, include="*", ood_fraction=0.1)
+    held = [r for r, s in split_of(task).items() if s == "ood"]
+    assert task.ood_mode == "hash: files"
+    assert 0.05 <= len(held) / len(files) <= 0.15
+
+
+def test_split_with_fewer_windows_than_the_validation_set_is_refused(tmp_path, debug_cfg, capsys):
+    from lab.cli import main
+    from lab.train import train
+
+    files = {f"f{i}.txt": b"some words here\n" * 60 for i in range(20)}  # ~1 KB each
+    root = write_corpus(tmp_path / "c", files)
+    args = ["task.name=text", f"task.path={root}", "task.include=['*.txt']", "task.seq_len=16",
+            "task.val_fraction=0.1",
+            f"task.cache_dir={tmp_path / 'cache'}", "eval.cost=false"]
+    # train (15 files) has room for 840 windows of 17 bytes, val and OOD (1-3 files) for at
+    # most 168: an evaluation set of 300 sequences would repeat windows.
+    assert train(debug_cfg(*args, "train.val_size=56", "train.steps=1")).status == "ok"
+    with pytest.raises(ConfigError) as e:
+        train(debug_cfg(*args, "train.val_size=300"))
+    assert e.value.key in ("task.val_fraction", "task.ood_fraction") and "train.val_size" in str(e.value)
+    assert len(list((tmp_path / "runs").rglob("config.yaml"))) == 1  # refused before writing
+    capsys.readouterr()
+    assert main(["train", "--config", str(DEBUG), *args, "train.val_size=300",
+                 f"out_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err and "fewer than 300" in err
+
+
+def test_lab_train_on_a_folder_of_markdown_and_text(tmp_path, capsys):
+    """A folder of Markdown, text and compressed files: every non-binary file trains, and
+    `lab train` prints the splits (files and MB) before training."""
+    import gzip
+
+    from lab.cli import main
+
+    rng = random.Random(0)
+    words = b"the of and to in is it that for on are with as at be this from".split()
+    root = tmp_path / "docs"
+    for d in range(6):
+        for k, name in enumerate(("README.md", "notes.txt", "copyright")):
+            p = root / f"pkg{d}" / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b" ".join(rng.choice(words) for _ in range(400 + 50 * k)))
+        (root / f"pkg{d}" / "changelog.gz").write_bytes(gzip.compress(b"binary " * 400))
+    rc = main(["train", "--config", str(DEBUG), "task.name=text", f"task.path={root}",
+               "task.seq_len=16", f"task.cache_dir={tmp_path / 'cache'}", "eval.cost=false",
+               "train.steps=2", f"out_dir={tmp_path / 'runs'}"])
+    assert rc == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    prov = json.loads(next((tmp_path / "runs").rglob("provenance.json")).read_text())
+    p = prov["task"]["provenance"]
+    assert sum(p["files"].values()) == 18 and p["skipped_binary"] == 6 and p["include"] == ["*"]
+    for split in SPLITS:
+        assert f"{split} {p['files'][split]} files {p['bytes'][split] / 1e6:.2f} MB" in shown

@@ -10,7 +10,18 @@ number formatters), ``figures`` (one module per family of figures), ``markdown``
 sections), ``write`` (the entry points re-exported here).
 """
 
-from lab.report.study import StudyAnalysis
-from lab.report.write import print_results, report_dir, write_report
-
 __all__ = ["StudyAnalysis", "print_results", "report_dir", "write_report"]
+
+
+def __getattr__(name: str):
+    # Loaded on first use: `lab export` (lab.report.export) needs neither the figures
+    # (matplotlib) nor the statistics (scipy) that the report imports.
+    if name == "StudyAnalysis":
+        from lab.report.study import StudyAnalysis
+
+        return StudyAnalysis
+    if name in ("print_results", "report_dir", "write_report"):
+        from lab.report import write
+
+        return getattr(write, name)
+    raise AttributeError(f"module 'lab.report' has no attribute '{name}'")

@@ -8,6 +8,7 @@ shell-quoted where needed; the whole command is one code span.
 
 from __future__ import annotations
 
+import functools
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,16 +18,25 @@ from lab.study.spec import Ablation, load_ablation
 from lab.study.storage import redact_url
 
 
+@functools.lru_cache(maxsize=32)
+def file_defaults(path: str, mtime_ns: int, overrides: tuple[str, ...]) -> tuple[list[int], str]:
+    """The seeds and study name the ablation file gives with these overrides (a report asks
+    three times)."""
+    default = load_ablation(path, list(overrides))
+    return list(default.seeds), default.study
+
+
 def study_args(abl: Ablation, meta: dict[str, Any] | None = None) -> list[str]:
     """Config overrides, then the study keys that differ from the file's defaults."""
     meta = meta or {}
     overrides = list(meta.get("config_overrides") or abl.config_overrides)
     args = list(overrides)
-    default = load_ablation(abl.path, overrides)
+    default_seeds, default_study = file_defaults(str(abl.path), Path(abl.path).stat().st_mtime_ns,
+                                                 tuple(overrides))
     seeds = meta.get("seeds") or abl.seeds
-    if list(seeds) != list(default.seeds):
+    if list(seeds) != list(default_seeds):
         args.append(f"seeds=[{','.join(map(str, seeds))}]")
-    if abl.study != default.study:
+    if abl.study != default_study:
         args.append(f"study={abl.study}")
     if abl.storage != f"sqlite:///studies/{abl.study}.db":
         args.append(f"storage={redact_url(abl.storage)}")

@@ -95,7 +95,7 @@ def write_rows(rows: list[dict], out: Path, fmt: str) -> Path:
 def export_study(path: str, overrides: list[str] | None = None, fmt: str = "csv",
                  out: str | None = None) -> Path:
     """Write the study's trials to `out` (default reports/<study>/trials.<fmt>)."""
-    from lab.report.write import report_dir
+    from lab.study.journal import report_folder
     from lab.study.run import load_existing_study
     from lab.study.spec import load_ablation
 
@@ -104,5 +104,5 @@ def export_study(path: str, overrides: list[str] | None = None, fmt: str = "csv"
     rows = trial_rows(study)
     if not rows:
         raise LabError(f"study '{abl.study}' has no trials to export.")
-    target = Path(out) if out else report_dir(abl) / f"trials.{fmt}"
+    target = Path(out) if out else report_folder(abl.study) / f"trials.{fmt}"
     return write_rows(rows, target, fmt)

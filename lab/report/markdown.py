@@ -113,6 +113,9 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
         f"`optuna.load_study(study_name='{abl.study}', storage='{redact_url(abl.storage)}')`; "
         "trial parameters are the dotted config keys plus `seed`, costs and metrics are user "
         "attributes.",
+        "- what this report was made from: `study.jsonl` beside it, the study and its tuning "
+        "studies as an Optuna journal (JSON lines); `lab report`, `compare`, `export`, `rerun` "
+        "and `dashboard` read it when the study's storage is absent (a fresh clone).",
         f"- rerun: `{make_command('sweep', abl, meta)}` (completed trials are kept; only "
         "missing ones run); one trial outside the study: "
         f"`{rerun_command(abl, meta)}`.",

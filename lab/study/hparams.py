@@ -14,7 +14,6 @@ from typing import Any
 from lab.config import LabConfig, flatten, to_dict
 from lab.study.space import Choice, Range, range_values, space_keys
 from lab.study.spec import Ablation
-from lab.train.tensorboard import hparam_value, run_hparams
 
 
 def swept_keys(abl: Ablation) -> list[str]:
@@ -23,6 +22,8 @@ def swept_keys(abl: Ablation) -> list[str]:
 
 
 def _add(domain: dict[str, list], key: str, value: Any) -> None:
+    from lab.train.tensorboard import hparam_value  # Lightning: only where a run is logged
+
     v = hparam_value(value)
     values = domain.setdefault(key, [])
     if v not in values:
@@ -62,4 +63,6 @@ def hparam_domain(abl: Ablation) -> dict[str, list]:
 
 def trial_hparams(abl: Ablation, cfg: LabConfig, label: str) -> dict[str, Any]:
     """The hparams of one trial: swept keys, setting, seed, task."""
+    from lab.train.tensorboard import run_hparams
+
     return run_hparams(cfg, swept_keys(abl), setting=label)

@@ -44,8 +44,6 @@ from lab.study.recheck import RECHECK_GROUP
 from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
 from lab.study.tune import TUNE_GROUP, point_label, tune_objective_key, tuned_params
-from lab.train import CheckpointError, train
-from lab.train.data import EVAL_SPLITS
 
 
 class TrialFailed(Exception):
@@ -55,6 +53,8 @@ def failure_reason(e: BaseException) -> str:
     """`<kind>: <detail>` for an exception out of training; the kind says whether a retry can
     help (lab.study.attrs: interrupted is retried, the kinds here fail the same way again)."""
     import torch
+
+    from lab.train import CheckpointError
 
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     if isinstance(e, CheckpointError):
@@ -236,6 +236,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         return value
 
     def run_trial(trial: optuna.trial.Trial) -> float:
+        # Lightning, here: the sweep's own process imports this module without training.
+        from lab.train import train
+        from lab.train.data import EVAL_SPLITS
+
         if release is not None:
             release()
         if abl.sampler == "grid" and not trial.user_attrs.get(QUEUED_ATTR):

@@ -19,7 +19,6 @@ from rich.markup import escape
 
 from lab.config import flatten, to_dict
 from lab.errors import LabError
-from lab.model import resolve
 from lab.provenance import provenance
 from lab.study.attrs import (
     ABLATION_ATTR,
@@ -38,6 +37,7 @@ from lab.study.attrs import (
     pair_params,
     stored_seed_choices,
 )
+from lab.study.journal import journal_path, read_journal, write_journal
 from lab.study.objective import ignore_stop_signals
 from lab.study.outage import StorageUnavailable, start_retrying, stop_retrying
 from lab.study.queue import (
@@ -62,9 +62,9 @@ from lab.study.tune import (
     open_tune_study,
     setting_points,
     tune_items,
+    tune_objective_key,
     tuned_settings,
 )
-from lab.train.run import task_record
 
 
 def sampler_and_pruner(abl: Ablation) -> dict:
@@ -90,9 +90,18 @@ def create_or_load_study(abl: Ablation, storage=None):
     study = optuna.create_study(study_name=abl.study, storage=storage,
                                 direction=abl.direction, load_if_exists=True,
                                 **sampler_and_pruner(abl))
+    name_objective(study, abl.objective)
     old = study.user_attrs.get(FINGERPRINT_ATTR)
     if old is None:
+        # Building the task (torch) only for a new study: resuming one, the parent of the
+        # workers stays light.
+        from lab.model import resolve
+        from lab.tasks import check_eval_room, task_record
+
         cfg, task, _ = resolve(abl.config())
+        # A corpus too small for the evaluation sets: one message now, not a failed trial each.
+        check_eval_room(task, cfg.train.val_size,
+                        ("train", "val", "ood", *(("tune",) if abl.tune is not None else ())))
         study.set_user_attr(FINGERPRINT_ATTR, fp)
         study.set_user_attr(IDENTITY_ATTR, ident)
         study.set_user_attr(ABLATION_ATTR, {
@@ -137,6 +146,7 @@ def create_or_load_study(abl: Ablation, storage=None):
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
 
+
 RECIPE_KEYS = ("model.positions", "model.tie_embeddings")
 
 
@@ -149,6 +159,13 @@ def recipe_change(prev: dict, ident: dict) -> dict:
     if not diff or not diff <= keys:
         return {}
     return {k.split(".", 1)[1]: fa.get(k) for k in sorted(diff)}
+
+
+def name_objective(study, metric: str) -> None:
+    """Name the study's objective (optuna-dashboard and the importance plots show it instead
+    of "Objective 0")."""
+    if study.metric_names != [metric]:
+        study.set_metric_names([metric])
 
 
 def stored_identity(study) -> dict:
@@ -191,22 +208,39 @@ def first_difference(a: dict, b: dict) -> str:
             return f"{what} (first difference at '{key}': was {fa.get(k)!r}, now {fb.get(k)!r})"
     return "setup"
 
+def existing_storage(abl: Ablation) -> tuple[object, str]:
+    """The storage that holds the study, and its name for messages: the study's own storage,
+    or, when that does not exist (a fresh clone has no studies/), the journal its sweep wrote
+    beside its report (read into memory: the committed file is never written)."""
+    if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
+        journal = journal_path(abl.study)
+        if journal.is_file():
+            return read_journal(journal), str(journal)
+        raise LabError(
+            f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist, "
+            f"nor {journal}, the copy a sweep writes beside its report. Run it first: "
+            f"lab sweep {abl.path}."
+        )
+    return open_storage(abl.storage, heartbeat=False), redact_url(abl.storage)
+
+def write_study_journal(abl: Ablation) -> Path:
+    """reports/<study>/study.jsonl from the study's own storage (see lab.study.journal)."""
+    storage = open_storage(abl.storage, heartbeat=False)
+    with storage_errors(abl.storage):
+        return write_journal(storage, abl.study)
+
 def load_existing_study(abl: Ablation):
+    """The study a sweep wrote (from its storage, else from the journal beside its report)."""
     import optuna
 
-    if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
-        raise LabError(
-            f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist. "
-            f"Run it first: lab sweep {abl.path}."
-        )
-    storage = open_storage(abl.storage, heartbeat=False)
+    storage, where = existing_storage(abl)
     try:
         with storage_errors(abl.storage):
             return optuna.load_study(study_name=abl.study, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise LabError(
-            f"no study '{abl.study}' in {redact_url(abl.storage)}"
+            f"no study '{abl.study}' in {where}"
             + (f" (it holds: {', '.join(names)})" if names else " (it holds no studies)")
             + f". Run it first: lab sweep {abl.path}."
         ) from None
@@ -264,6 +298,8 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
         while True:
             tuning = [(st, tune_items(abl, s, st)) for s in tuned_settings(abl)
                       for st in [open_tune_study(abl, s, storage)]]
+            for st, _ in tuning:
+                name_objective(st, tune_objective_key(abl.objective))
             points = max(len(setting_points(abl, s, st)) for s, (st, _) in
                          zip(tuned_settings(abl), tuning, strict=True))
             shape = (f"{len(tuning)} settings x up to {points} points x {len(abl.tune.seeds)} "
@@ -379,9 +415,9 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
 
     queue_step()
 
-    def n_done() -> int:
-        return sum(count_done(st.get_trials(deepcopy=False), work(items), st)
-                   for st, items in studies)
+    def n_done(trials: dict | None = None) -> int:
+        return sum(count_done(trials[st.study_name] if trials else st.get_trials(deepcopy=False),
+                              work(items), st) for st, items in studies)
 
     total = sum(len(items) if items is not None else
                 (len(pair_items(abl, st)) if abl.sampler == "grid" else abl.n_trials)
@@ -410,14 +446,15 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
             procs = [spawn_worker(argv, abl.storage) for _ in range(n_workers)]
             respawns = 0
             while True:
-                time.sleep(1.0)
+                time.sleep(0.5)
+                trials = {st.study_name: st.get_trials(deepcopy=False) for st, _ in studies}
                 for st, _ in studies:
-                    for t in st.get_trials(deepcopy=False):
+                    for t in trials[st.study_name]:
                         if t.state.is_finished() and (st.study_name, t.number) not in seen:
                             seen.add((st.study_name, t.number))
                             if not t.user_attrs.get(SPURIOUS_ATTR):
                                 progress.console.print(trial_line(t, abl))
-                progress.update(bar, completed=n_done())
+                progress.update(bar, completed=n_done(trials))
                 alive = [p for p in procs if p.poll() is None]
                 if len(alive) < len(procs):
                     died = any(p.poll() != 0 for p in procs if p not in alive)

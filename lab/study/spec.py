@@ -23,6 +23,7 @@ Space entries: ``key: [v1, v2]`` (categorical), ``key: {low: a, high: b, step: s
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -89,6 +90,18 @@ ADDED_IDENTITY_KEYS = {
 }
 
 
+# Configs built by Ablation.config, by every input (building one through OmegaConf takes tens
+# of milliseconds, and a report or a worker asks for the same ones many times).
+_CONFIGS: dict[str, LabConfig] = {}
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
 # --------------------------------------------------------------------------------------------
 # The ablation file
 
@@ -125,11 +138,21 @@ class Ablation:
 
     # ---------------------------------------------------------------- configs
     def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
-        layers = [self.overrides] if self.overrides else []
+        # A bad key or value names the ablation file it came from, not the command line.
+        layers = [(f"the overrides of {self.path}", self.overrides)] if self.overrides else []
         extra = [f"{k}={json.dumps(decode(v))}" for k, v in (params or {}).items()]
         if seed is not None:
             extra.append(f"seed={seed}")
-        return load_config(self.base, [*self.config_overrides, *extra], layers=layers)
+        sources = {k: f"the space of {self.path}" for k in params or {}}
+        # Every input of the config, the base files' modification times included.
+        key = json.dumps([str(self.path), [[str(b), _mtime(b)] for b in self.base],
+                          self.overrides, self.config_overrides, extra], default=str)
+        if key not in _CONFIGS:
+            if len(_CONFIGS) > 1024:
+                _CONFIGS.clear()
+            _CONFIGS[key] = load_config(self.base, [*self.config_overrides, *extra],
+                                        layers=layers, sources=sources)
+        return copy.deepcopy(_CONFIGS[key])
 
     def settings(self) -> list[Setting]:
         if self.sampler != "grid":

@@ -155,7 +155,10 @@ def open_storage(url: str, heartbeat: bool = True, wait: bool = False):
         with quiet_optuna():
             if wait and RetryingStorage in bases:
                 return call_with_retry(lambda: create_storage(cls, url, engine_kwargs, kwargs), url)
-            return create_storage(cls, url, engine_kwargs, kwargs)
+            storage = create_storage(cls, url, engine_kwargs, kwargs)
+            if url.startswith("sqlite:///"):
+                sqlite_write_ahead(storage.engine)
+            return storage
     except StorageUnavailable:
         raise
     except ImportError as e:
@@ -176,6 +179,29 @@ def open_storage(url: str, heartbeat: bool = True, wait: bool = False):
         ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def sqlite_write_ahead(engine) -> None:
+    """Write-ahead logging, synchronous=NORMAL, on every connection to a study's SQLite file.
+
+    A commit then no longer waits for the disk twice (19 ms -> 1.3 ms per commit here, and a
+    trial commits some 50 times). A crash of a process loses nothing; a power cut can lose the
+    last commits, never the file's consistency (a lost trial is run again on resume). The
+    journal mode is stored in the file; a read-only file keeps its own."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def on_connect(conn, _record):
+        cur = conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cur.close()
+
+    engine.dispose()  # connections made while Optuna set up its tables get the pragmas too
+    with engine.connect():
+        pass  # connect now: a read-only or corrupt file fails here, with its clear message
+
 
 def storage_problem(e: BaseException, url: str) -> LabError | None:
     """A storage failure (corrupt or read-only database) as one clear message, or None if `e`

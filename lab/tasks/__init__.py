@@ -15,11 +15,13 @@ from lab.tasks.base import (
     SPLITS,
     Task,
     accuracy_by_difficulty,
+    check_eval_room,
     describe,
     eval_set,
     has_difficulty,
     largest_solved,
     merge_counts,
+    task_record,
 )
 from lab.tasks.induction import InductionTask
 from lab.tasks.pointer import PointerTask
@@ -34,8 +36,10 @@ TASKS: dict[str, type] = {
 }
 
 __all__ = [
-    "IGNORE", "SPLITS", "TASKS", "Task", "accuracy_by_difficulty", "build_task", "describe",
+    "IGNORE", "SPLITS", "TASKS", "Task", "accuracy_by_difficulty", "build_task",
+    "check_eval_room", "describe",
     "eval_set", "has_difficulty", "largest_solved", "merge_counts", "resolve_task_class",
+    "task_record",
 ]
 
 

@@ -23,7 +23,10 @@ A task is a class with:
 - ``provenance() -> dict`` (optional): where the task's data came from (the text task: roots,
   patterns, files and bytes per split, a content hash, the Python version for the stdlib);
 - ``tokens_are_bytes`` (optional class attribute, default false): tokens are raw bytes, so a
-  loss in nats per token is also one per byte and can be reported in bits per byte.
+  loss in nats per token is also one per byte and can be reported in bits per byte;
+- ``check_room(n, splits, what)`` (optional): raise a ``ConfigError`` naming the key to change
+  when a split of a finite corpus cannot supply ``n`` distinct sequences (the text task);
+  generated tasks never run out.
 
 Difficulty (optional; every built-in task implements it), a graded axis along which
 accuracy is reported:
@@ -102,8 +105,28 @@ def eval_set(task, split: str, n: int, seed: int = 1234) -> tuple[torch.Tensor, 
     return task.sample(n, g, split)
 
 
+def check_eval_room(task, n: int, splits: tuple[str, ...]) -> None:
+    """Refuse a task whose `splits` cannot supply `n` distinct evaluation sequences (the
+    evaluation set of train.val_size sequences would repeat them)."""
+    check = getattr(task, "check_room", None)
+    if check is not None:
+        check(n, tuple(splits), " (train.val_size: the sequences of each evaluation set)")
+
+
 def describe(task) -> str:
     return task.describe() if hasattr(task, "describe") else type(task).__name__
+
+
+def task_record(task) -> dict:
+    """What the task says about itself: its description and, where it has one, its data's
+    provenance (a corpus's roots, files and bytes per split, content hash, Python version)."""
+    rec: dict = {"description": describe(task), "chance": task.chance}
+    if has_difficulty(task):
+        rec["difficulty_name"] = getattr(task, "difficulty_name", "difficulty")
+        rec["floors"] = {str(k): v for k, v in task.floor("val").items()}
+    if hasattr(task, "provenance"):
+        rec["provenance"] = task.provenance()
+    return rec
 
 
 def has_difficulty(task) -> bool:

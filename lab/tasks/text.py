@@ -9,29 +9,20 @@ Non-UTF-8 bytes are fine.
 
 Corpus (``path``, default: the running interpreter's standard library source,
 ``sysconfig.get_paths()["stdlib"]``): one or more directories or files, walked in sorted
-order. Files are kept when they match one of ``include`` (default ``*.py``) and none of
-``exclude``. Patterns are ``fnmatch`` globs on the path relative to its root, gitignore-like:
-a pattern without ``/`` matches any path component (``*.py``, ``tests``, ``__init__.py``); a
-pattern with ``/`` is anchored at the root and matches the path or one of its leading
-directories (``test/data``, ``/email``). Directories named in :data:`SKIP_DIRS`
+order. Files are kept when they match one of ``include`` and none of ``exclude``; by default
+every file of a folder you name (``*``), and ``*.py`` for the stdlib. Patterns are
+``fnmatch`` globs on the path relative to its root, gitignore-like: a pattern without ``/``
+matches any path component (``*.py``, ``tests``, ``__init__.py``); a pattern with ``/`` is
+anchored at the root and matches the path or one of its leading directories
+(``test/data``, ``/email``). Directories named in :data:`SKIP_DIRS`
 (``__pycache__``, ``site-packages``, ``.git``, ...) are never entered. Binary files (a NUL
 byte in their first 8 KiB) and special files (FIFOs, devices) are skipped and counted in
 :meth:`TextTask.provenance`.
 
-Splits are by file, a pure function of each file's relative path (never of a position inside
-a file):
-
-- ``ood``: ``ood_path`` when given (a separate corpus; its files are removed from the main
-  one); else the files matching ``ood_holdout`` patterns; else, for the stdlib, a fixed set
-  of whole packages with their tests (:data:`STDLIB_OOD`: ``email``, ``json``, ``xml``,
-  ``xmlrpc``, ``sqlite3``; about 6% of the bytes); else, for any other corpus, a
-  hash-chosen set of whole top-level directories when the corpus has at least
-  :data:`MIN_OOD_DIRS` of them, otherwise a hash-chosen set of files. A unit (directory or
-  file) is held out when ``hash(name) < ood_fraction``; if that picks none, the one unit
-  with the smallest hash is held out.
-- ``val``: of the remaining files, those with ``hash(relative path) < val_fraction`` (the
-  one with the smallest hash if that picks none).
-- ``train``: the rest.
+Splits are by whole file (:mod:`lab.tasks.splits`): ``train``, ``val``, ``tune`` and ``ood``
+(``ood_path``, or files matching ``ood_holdout``, or for the stdlib whole packages and their
+tests, :data:`STDLIB_OOD`, about 6% of the bytes; else hash-chosen top-level directories or
+files holding about ``ood_fraction`` of the bytes).
 
 The corpus is read once into one contiguous ``uint8`` file per split, cached under
 ``cache_dir`` (default ``$LAB_CACHE/text``, or ``~/.cache/lab/text``) in a directory keyed
@@ -67,8 +58,9 @@ import torch
 from lab.errors import ConfigError
 from lab.tasks.base import SPLITS, Task
 from lab.tasks.files import open_regular
+from lab.tasks.splits import assign_splits
 
-CACHE_VERSION = 2  # 2: a tune split
+CACHE_VERSION = 3  # 2: a tune split; 3: hash-chosen OOD by bytes, every file by default
 # Directories below a root that are never entered.
 SKIP_DIRS = frozenset({
     "__pycache__", "site-packages", "dist-packages", ".git", ".hg", ".svn", ".tox", ".venv",
@@ -80,9 +72,8 @@ STDLIB_OOD = (
     "test/test_email", "test/test_json", "test/test_xml*", "test/test_sqlite3",
     "test/test_minidom.py", "test/test_sax.py", "test/test_pyexpat.py",
 )
-MIN_OOD_DIRS = 4  # fewer top-level directories than this: hold out files instead
 BINARY_PROBE = 8192  # bytes read to detect a binary file (a NUL byte)
-MIN_WINDOWS = 4  # a split needs room for this many non-overlapping windows
+MIN_WINDOWS = 4  # a split needs room for this many non-overlapping windows (at least)
 _CHUNK = 1 << 20
 
 
@@ -105,7 +96,8 @@ class TextConfig:
     name: str = "text"
     # A directory or file, or a list of them; None = the running interpreter's stdlib.
     path: Any = None
-    include: Any = field(default_factory=lambda: ["*.py"])  # glob patterns (or one pattern)
+    # Glob patterns (or one pattern); None = every file ('*'), or '*.py' for the stdlib.
+    include: Any = None
     exclude: Any = field(default_factory=list)
     seq_len: int = 64
     val_fraction: float = 0.05
@@ -142,12 +134,6 @@ def matches(rel: str, pattern: str) -> bool:
 
 def _any(rel: str, patterns: list[str]) -> bool:
     return any(matches(rel, p) for p in patterns)
-
-
-def _unit_hash(name: str, salt: str) -> float:
-    """A uniform number in [0, 1) from a name: the same on every machine and Python."""
-    d = hashlib.sha256(f"{salt}\0{name}".encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(d[:8], "big") / 2**64
 
 
 @dataclass(frozen=True)
@@ -205,15 +191,6 @@ def _list_files(roots: list[Path], first: int, include: list[str], exclude: list
 # Splitting
 
 
-def _holdout_by_hash(names: list[str], fraction: float, salt: str) -> set[str]:
-    """Names with hash < fraction; the smallest-hash name if none (and there are >= 2)."""
-    h = {n: _unit_hash(n, salt) for n in set(names)}
-    chosen = {n for n, v in h.items() if v < fraction}
-    if not chosen and len(h) >= 2:
-        chosen = {min(h, key=lambda n: (h[n], n))}
-    return chosen
-
-
 def _is_binary(f: _File, key: str) -> bool | None:
     """A NUL byte in the first BINARY_PROBE bytes; None: not a regular file (never read)."""
     try:
@@ -244,16 +221,18 @@ class TextTask(Task):
         for key, v in (("task.val_fraction", cfg.val_fraction), ("task.ood_fraction", cfg.ood_fraction)):
             if not 0 < v < 1:
                 raise ConfigError(key, f"must be a fraction in (0, 1), got {v}.")
-        self.include = _as_list(cfg.include, "task.include", "a glob pattern")
         self.exclude = _as_list(cfg.exclude, "task.exclude", "a glob pattern")
-        if not self.include:
-            raise ConfigError("task.include", "needs at least one pattern (e.g. '*.py').")
         self.roots = _resolve_roots(cfg.path if cfg.path is not None else str(stdlib_dir()),
                                     "task.path")
         if not self.roots:
             raise ConfigError("task.path", "needs at least one directory or file.")
         self.ood_roots = _resolve_roots(cfg.ood_path, "task.ood_path")
         self.is_stdlib = self.roots == [stdlib_dir()]
+        default_include = ["*.py"] if self.is_stdlib else ["*"]
+        self.include = (default_include if cfg.include is None else
+                        _as_list(cfg.include, "task.include", "a glob pattern"))
+        if not self.include:
+            raise ConfigError("task.include", "needs at least one pattern (e.g. '*.md').")
         holdout = _as_list(cfg.ood_holdout, "task.ood_holdout", "a glob pattern")
         if self.ood_roots and holdout:
             raise ConfigError("task.ood_holdout", "give task.ood_path or task.ood_holdout, not both.")
@@ -308,45 +287,10 @@ class TextTask(Task):
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def _assign(self, files: list[_File], ood_files: list[_File]) -> tuple[dict, str | None]:
-        """Split files by relative path: {split: [files]}, and the hash unit for OOD."""
-        unit = None
-        if self.ood_roots:
-            ood_real = {os.path.realpath(f.path) for f in ood_files}
-            main = [f for f in files if os.path.realpath(f.path) not in ood_real]
-            ood = list(ood_files)
-        elif self.holdout:
-            ood = [f for f in files if _any(f.rel, self.holdout)]
-            if not ood:
-                raise ConfigError("task.ood_holdout", f"{self.holdout} matches none of the "
-                                                      f"{len(files)} corpus files.")
-            main = [f for f in files if not _any(f.rel, self.holdout)]
-        else:
-            dirs = sorted({f.rel.split("/")[0] for f in files if "/" in f.rel})
-            if len(dirs) >= MIN_OOD_DIRS:
-                unit = "directories"
-                held = _holdout_by_hash(dirs, self.cfg.ood_fraction, "ood")
-                ood = [f for f in files if "/" in f.rel and f.rel.split("/")[0] in held]
-            else:
-                unit = "files"
-                held = _holdout_by_hash([f.rel for f in files], self.cfg.ood_fraction, "ood")
-                ood = [f for f in files if f.rel in held]
-            held_out = set(ood)
-            main = [f for f in files if f not in held_out]
-        val_names = _holdout_by_hash([f.rel for f in main], self.cfg.val_fraction, "val")
-        if len({f.rel for f in main}) < 2:
-            val_names = set()
-        # The tune split (per-setting tuning is scored on it, never on val): as many files as
-        # val, drawn from the rest, and only when that leaves training at least half the files.
-        rest = [f for f in main if f.rel not in val_names]
-        tune_names = _holdout_by_hash([f.rel for f in rest], self.cfg.val_fraction, "tune")
-        if len(rest) - len(tune_names) < max(1, len(rest) // 2):
-            tune_names = set()
-        return {
-            "train": [f for f in rest if f.rel not in tune_names],
-            "val": [f for f in main if f.rel in val_names],
-            "ood": ood,
-            "tune": [f for f in rest if f.rel in tune_names],
-        }, unit
+        """{split: [files]}, and the hash unit for OOD (lab.tasks.splits)."""
+        return assign_splits(files, ood_files, ood_path=bool(self.ood_roots), holdout=self.holdout,
+                             held=lambda rel: _any(rel, self.holdout),
+                             val_fraction=self.cfg.val_fraction, ood_fraction=self.cfg.ood_fraction)
 
     def _build(self, files: list[_File], ood_files: list[_File]) -> None:
         kind = {f: _is_binary(f, "task.path") for f in files}  # None: a FIFO, a device, ...
@@ -408,6 +352,7 @@ class TextTask(Task):
         all_roots = self.roots + self.ood_roots
         self.data: dict[str, np.ndarray] = {}
         self._offsets, self._cum, self._counts, self.n_windows = {}, {}, {}, {}
+        self.room: dict[str, int] = {}  # non-overlapping windows inside single files
         for split in SPLITS:
             m = self.meta["splits"][split]
             path = self.cache / f"{split}.bin"
@@ -422,17 +367,27 @@ class TextTask(Task):
             self._counts[split] = counts[keep]
             self._cum[split] = np.cumsum(counts[keep])
             self.n_windows[split] = int(counts.sum())
-            room = int((lengths // (T + 1)).sum())
-            if room < MIN_WINDOWS and split != "tune":  # tune: checked when a study tunes
-                self._too_small(split, len(table), int(lengths.sum()), room)
+            self.room[split] = int((lengths // (T + 1)).sum())
+        self.check_room(MIN_WINDOWS)  # tune: checked when a study tunes (check_room)
         self._files = {s: [(str(all_roots[r] / rel) if all_roots[r].is_dir() else str(all_roots[r]), n)
                            for r, rel, _, n in self.meta["splits"][s]["files"]]
                        for s in SPLITS}
 
-    def _too_small(self, split: str, n_files: int, n_bytes: int, room: int) -> None:
+    def check_room(self, need: int, splits: tuple[str, ...] = ("train", "val", "ood"),
+                   what: str = "") -> None:
+        """Refuse a split without room for `need` non-overlapping windows inside single files
+        (an evaluation set of `need` sequences would repeat windows; `what` says why)."""
+        for split in splits:
+            if self.room[split] < need:
+                m = self.meta["splits"][split]
+                self._too_small(split, len(m["files"]), m["bytes"], need, what)
+
+    def _too_small(self, split: str, n_files: int, n_bytes: int, need: int, what: str) -> None:
         T = self.cfg.seq_len
         key, fix = {
             "train": ("task.path", "point task.path at more files"),
+            "tune": ("task.path", "point task.path at more files, or drop the ablation's tune "
+                                  "section"),
             "val": ("task.val_fraction", "raise task.val_fraction or add files (the split is by "
                                          "whole file)"),
             "ood": (("task.ood_path", "give a larger task.ood_path") if self.ood_roots else
@@ -441,11 +396,13 @@ class TextTask(Task):
                     ("task.ood_fraction", "raise task.ood_fraction, name the held-out files with "
                                           "task.ood_holdout, or give task.ood_path")),
         }[split]
+        room = self.room[split]
+        lower = " or lower task.seq_len" + (" or train.val_size" if what else "")
         raise ConfigError(
             key,
-            f"the {split} split has {n_files} files, {n_bytes} bytes: room for {room} windows of "
-            f"{T + 1} bytes inside single files, fewer than {MIN_WINDOWS}. To fix, {fix}, or lower "
-            "task.seq_len.",
+            f"the {split} split has {n_files} file{'s' * (n_files != 1)}, {n_bytes} bytes: room "
+            f"for {room} windows of "
+            f"{T + 1} bytes inside single files, fewer than {need}{what}. To fix, {fix},{lower}.",
         )
 
     # ---------------------------------------------------------------------- protocol
@@ -483,12 +440,18 @@ class TextTask(Task):
         return ", ".join(str(r) for r in self.roots)
 
     def describe(self) -> str:
+        splits = self.meta["splits"]
+        total = sum(splits[s]["bytes"] for s in SPLITS) or 1
         parts = []
         for split in SPLITS:
-            m = self.meta["splits"][split]
-            parts.append(f"{split} {len(m['files'])} files {m['bytes'] / 1e6:.2f} MB")
+            m = splits[split]
+            parts.append(f"{split} {len(m['files'])} files {m['bytes'] / 1e6:.2f} MB"
+                         + (f" ({100 * m['bytes'] / total:.1f}% of the bytes)"
+                            if split == "ood" else ""))
+        binary = len(self.meta["skipped_binary"])
         return (f"text: bytes of {self.corpus_name()} ({', '.join(self.include)}), windows of "
-                f"{self.cfg.seq_len}; {', '.join(parts)}; OOD: {self.ood_mode}")
+                f"{self.cfg.seq_len}; {', '.join(parts)}; OOD: {self.ood_mode}"
+                + (f"; {binary} binary files skipped" if binary else ""))
 
     def provenance(self) -> dict[str, Any]:
         m = self.meta

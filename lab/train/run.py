@@ -23,7 +23,7 @@ from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
-from lab.tasks import describe, has_difficulty
+from lab.tasks import check_eval_room, task_record
 from lab.train.budgets import (
     BranchPoints,
     branch_checkpoint,
@@ -106,18 +106,6 @@ def _latest_version(root: Path) -> str | None:
     return found[-1].name if found else None
 
 
-def task_record(task) -> dict:
-    """What the task says about itself: its description and, where it has one, its data's
-    provenance (a corpus's roots, files and bytes per split, content hash, Python version)."""
-    rec: dict = {"description": describe(task), "chance": task.chance}
-    if has_difficulty(task):
-        rec["difficulty_name"] = getattr(task, "difficulty_name", "difficulty")
-        rec["floors"] = {str(k): v for k, v in task.floor("val").items()}
-    if hasattr(task, "provenance"):
-        rec["provenance"] = task.provenance()
-    return rec
-
-
 def plan_record(plan: StackPlan, cfg: LabConfig) -> dict:
     return {
         "description": plan.describe(),
@@ -187,6 +175,7 @@ def train(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(cfg.train.threads)
     cfg, task, plan = resolve(cfg)
+    check_eval_room(task, cfg.train.val_size, ("train", *eval_splits))
     save_dir = save_dir or cfg.out_dir
     name = name if name is not None else default_name(cfg)
     resume_from = None
