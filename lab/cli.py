@@ -45,7 +45,7 @@ def run_table(rows: list[dict], title: str) -> Table:
 def cmd_train(args) -> int:
     from lab.config import load_config
     from lab.study.spec import NON_IDENTITY_KEYS
-    from lab.train import train
+    from lab.train import joined_process, train
     from lab.train.tensorboard import DEFAULT_HPARAM_KEYS, run_hparams
 
     cfg = load_config(args.config, args.overrides)
@@ -53,6 +53,8 @@ def cmd_train(args) -> int:
     keys = [*DEFAULT_HPARAM_KEYS, *(o.partition("=")[0] for o in args.overrides)]
     keys = [k for k in dict.fromkeys(keys) if k not in NON_IDENTITY_KEYS]
     res = train(cfg, hparams=run_hparams(cfg, keys))
+    if joined_process():  # another process of a multi-device run: the first one reports
+        return 0 if res.status == "ok" else 1
     row = {
         "config": ", ".join(args.config) if args.config else "defaults",
         "family": res.config["model"]["family"],
