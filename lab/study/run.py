@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.markup import escape
@@ -45,6 +46,13 @@ from lab.study.queue import (
     queue_missing,
     reclaim_and_requeue,
     reclaim_dead_local_trials,
+)
+from lab.study.schedule import (
+    WorkerPlan,
+    check_runtime,
+    check_sweep,
+    check_workers,
+    plan_workers,
 )
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
 from lab.study.storage import (
@@ -181,9 +189,11 @@ def load_existing_study(abl: Ablation):
         ) from None
 
 def default_workers(abl: Ablation, requested: int | None, threads: int = 1) -> int:
-    """Workers asked for, else the ablation's, else one per `threads` cores."""
-    n = requested or abl.workers or (os.cpu_count() or 1) // threads
-    return max(1, int(n))
+    """Workers asked for, else the ablation's, else the machine's default (one per
+    `threads` cores on a CPU, one per GPU slot on a GPU machine: lab.study.schedule)."""
+    cfg = abl.config()
+    cfg = replace(cfg, train=replace(cfg.train, threads=threads))
+    return plan_workers(cfg, requested, abl.workers).n
 
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
     """Run (or resume) a study: its tuning phase if it has one, then the measured trials.
@@ -222,8 +232,12 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
+    # What this machine cannot run is refused before the study or any worker exists.
+    plan = plan_workers(abl.config(), check_workers(workers, "--workers"), abl.workers)
+    check_sweep(abl, plan)
     storage = open_storage(abl.storage)
     study = create_or_load_study(abl, storage)
+    check_runtime(study, abl.config())
     # The storage URL (it may hold a password) reaches workers by environment, never argv.
     argv = [str(abl.path), *(o for o in overrides or [] if not o.startswith("storage="))]
     if abl.tune is not None:
@@ -232,7 +246,7 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
         shape = (f"{len(tuning)} settings x {points} points x {len(abl.tune.seeds)} tuning "
                  f"seed(s), {abl.tune.budget:g}x the steps, pruner {abl.tune.pruner}")
         rc = run_phase(console, abl, storage, f"{abl.study} (tuning)", shape, tuning,
-                       [*argv, "--phase", "tune"], workers, received)
+                       [*argv, "--phase", "tune"], plan, received)
         if rc not in (0, 1):
             return rc
         tuned = freeze_choices(abl, study, storage)
@@ -246,7 +260,7 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
             return 1
     shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
              else f"sampled by {abl.sampler}")
-    rc = run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, workers,
+    rc = run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, plan,
                    received)
     if rc:
         return rc
@@ -262,7 +276,7 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
 
 
 def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: list[tuple],
-              argv: list[str], workers: int | None, received: list[int]) -> int:
+              argv: list[str], plan: WorkerPlan, received: list[int]) -> int:
     """Queue what is missing in `studies` ((study, items); items None = the ablation's
     pairs), start workers, show progress until they finish. Returns an exit code."""
     from rich.progress import (
@@ -290,13 +304,14 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 (len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials)
                 for _, items in studies)
     done = n_done()
-    threads = abl.config().train.threads  # train.threads (default 1), as the config says
-    n_workers = default_workers(abl, workers, threads)
+    threads = plan.threads  # train.threads (default 1), as the config says
+    n_workers = plan.n
     if abl.sampler == "grid":
         n_workers = min(n_workers, max(1, total - done))
+    plan = replace(plan, n=n_workers)
     console.print(
         f"[bold]{escape(title)}[/bold]: {total} trials ({escape(shape)}), {done} already done; "
-        f"{n_workers} worker(s) x {threads} thread(s); storage {escape(redact_url(abl.storage))}"
+        f"{escape(plan.describe())}; storage {escape(redact_url(abl.storage))}"
     )
     if total - done <= 0:
         return 0
@@ -310,7 +325,9 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                       MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
                       TimeRemainingColumn(), console=console, transient=False) as progress:
             bar = progress.add_task(escape(title), total=total, completed=done)
-            procs = [spawn_worker(argv, abl.storage) for _ in range(n_workers)]
+            # Worker i keeps its slot (its GPU) when it is started again.
+            slots = {i: spawn_worker(argv, abl.storage, plan.env(i)) for i in range(n_workers)}
+            procs = list(slots.values())
             respawns = 0
             while True:
                 time.sleep(1.0)
@@ -328,9 +345,11 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                         for st, items in studies:
                             reclaim_and_requeue(st, storage, abl, items)
                     if any(has_work(st) for st, _ in studies) and respawns < 3 * n_workers:
-                        need = n_workers - len(alive)
-                        alive += [spawn_worker(argv, abl.storage) for _ in range(need)]
-                        respawns += need
+                        for i, p in list(slots.items()):
+                            if p.poll() is not None:
+                                slots[i] = spawn_worker(argv, abl.storage, plan.env(i))
+                                alive.append(slots[i])
+                                respawns += 1
                     procs = alive
                 if not procs:
                     break
@@ -372,9 +391,12 @@ def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
     return out
 
 
-def spawn_worker(argv: list[str], storage: str) -> subprocess.Popen:
+def spawn_worker(argv: list[str], storage: str, extra_env: dict[str, str] | None = None
+                 ) -> subprocess.Popen:
+    """A worker process; `extra_env` pins it (CUDA_VISIBLE_DEVICES: lab.study.schedule)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{STORAGE_ENV: storage,
-                                                     PARENT_ENV: str(os.getpid())})
+                                                     PARENT_ENV: str(os.getpid())},
+               **(extra_env or {}))
     return subprocess.Popen([sys.executable, "-m", "lab.study.worker", *argv], env=env)
 
 
