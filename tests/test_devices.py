@@ -316,20 +316,42 @@ def test_compiled_blocks_compile_once_for_every_loop_count():
 
 
 def test_train_compile_covers_the_traced_walk(debug_cfg, monkeypatch):
+    from lightning.pytorch.callbacks import Callback
     from torch._dynamo.testing import CompileCounter
 
     from lab.train import train
 
-    counter = CompileCounter()
+    counter, runs = CompileCounter(), {"n": 0}
+
+    def backend(gm, inputs):  # counts compilations, and every run of compiled code
+        counter(gm, inputs)
+
+        def run(*args):
+            runs["n"] += 1
+            return gm.forward(*args)
+
+        return run
+
+    class Steps(Callback):
+        def __init__(self):
+            self.runs: list[int] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.runs.append(runs["n"])
+
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=backend))
+    steps = Steps()
     res = train(debug_cfg("model.family=looped", "model.n_layers=3", "model.loops=2",
                           "model.supervision=every", "model.bptt_loops=2",
                           "model.loop_sampling=uniform", "model.loops_range=[1,6]",
-                          "train.compile=true", "train.steps=12", "eval.cost=false"))
+                          "train.compile=true", "train.steps=12", "train.val_every=100",
+                          "eval.cost=false"), callbacks=[steps])
     assert res.status == "ok" and res.runtime["compile"] is True
-    # Training (every sampled loop count, the traced walk) and validation: a few graphs, far
-    # from the recompile limit at which torch falls back to eager.
+    # Every training step (the traced walk of supervision=every and truncated BPTT, at
+    # sampled loop counts) ran compiled blocks ...
+    assert all(b > a for a, b in zip([0, *steps.runs], steps.runs, strict=False))
+    # ... from a few graphs, far from the recompile limit at which torch falls back to eager.
     assert 1 <= counter.frame_count < torch._dynamo.config.recompile_limit
 
 

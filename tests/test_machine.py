@@ -127,6 +127,8 @@ def test_each_worker_process_starts_pinned_and_a_restart_keeps_its_gpu(monkeypat
     FakeWorker.started = []
     monkeypatch.setattr(study_run, "subprocess", SimpleNamespace(
         Popen=FakeWorker, TimeoutExpired=subprocess.TimeoutExpired))
+    # The sweep polls its workers every second: at once here.
+    monkeypatch.setattr(study_run, "time", SimpleNamespace(time=time.time, sleep=lambda s: None))
     # The workers exit at once with work left, so the sweep restarts them (3 rounds) and
     # then gives up with trials missing (exit 1).
     assert main(["sweep", str(TINY), f"train.trials_per_gpu={per_gpu}",

@@ -68,7 +68,13 @@ def run_study(sizes: Sizes, workers: int, workdir: Path, label: str,
 
 
 def run(sizes: Sizes, workdir: Path, results: dict) -> dict:
-    runs = {"1x2": run_study(sizes, 1, workdir, "1x2"), "2x1": run_study(sizes, 2, workdir, "2x1")}
+    import torch
+
+    # The split of a CPU's cores between workers; on a GPU machine too (section 7 measures
+    # the workers of a GPU).
+    cpu = ["train.accelerator=cpu"] if torch.cuda.is_available() else []
+    runs = {f"{w}x{t}": run_study(sizes, w, workdir, f"{w}x{t}", overrides=[
+        f"train.threads={max(1, (os.cpu_count() or 1) // w)}", *cpu]) for w, t in ((1, 2), (2, 1))}
     return {"ablation": sizes.sweep_ablation, "overrides": sizes.sweep_overrides, "runs": runs,
             "speedup_2x1": runs["2x1"]["trials_per_hour"] / runs["1x2"]["trials_per_hour"]}
 
