@@ -40,7 +40,7 @@ class WorkerPlan:
 
     n: int
     threads: int
-    gpus: tuple[str, ...]  # the GPU ids of the machine as this process sees them ("" for none)
+    gpus: tuple[str, ...]  # the GPU ids of the machine as this process sees them (none: CPU)
     devices: int  # GPUs per trial
     trials_per_gpu: int
 
@@ -101,6 +101,7 @@ def plan_workers(cfg, requested: int | None, file_workers: int | None = None) ->
     `requested` (--workers / workers=), else the ablation file's `workers`, else the
     machine's default. Refuses more workers than the GPUs hold."""
     t = cfg.train
+    check_devices(t)  # a trial this machine cannot place at all
     n = requested or file_workers
     if not uses_cuda(t):
         default = max(1, cores() // t.threads)
