@@ -138,7 +138,8 @@ def test_parallel_decoding_matches_the_cpu():
 def test_the_gpu_bench_section_runs(tmp_path):
     from lab.bench import QUICK, gpu
 
-    r = gpu.run(QUICK, tmp_path, {})
-    assert r["ran"] and r["device"] == "cuda" and r["study"]["runs"]
+    r = gpu.run(QUICK, tmp_path, {})  # the study's throughput is left to make bench
+    assert r["ran"] and r["device"] == "cuda" and "study" not in r
+    assert r["harness"]["lab_step_s"]["median"] > 0 and r["compile"]["speedup"] > 0
     if r.get("peak"):
         assert 0 < r["mfu"] < 1

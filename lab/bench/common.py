@@ -54,6 +54,7 @@ class Sizes:
     gpu_square: int = 8192
     gpu_overrides: list[str] = field(default_factory=list)
     gpu_study_steps: int = 200
+    gpu_study: bool = True  # the study's trials per hour (minutes: not at the test sizes)
 
 
 FULL = Sizes(
@@ -78,7 +79,7 @@ QUICK = Sizes(
     sweep_ablation="tests/data/tiny.yaml", sweep_overrides=["seeds=[0]"],
     compile_backend="eager", compile_chunk=3, compile_reps=3,
     tasks={"pointer": [], "induction": ["configs/induction.yaml"], "word": ["configs/word.yaml"]},
-    gpu_harness=(2, 2, 2), gpu_square=64, gpu_study_steps=20,
+    gpu_harness=(2, 2, 2), gpu_square=64, gpu_study_steps=20, gpu_study=False,
     gpu_overrides=["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "task.seq_len=32",
                    "train.batch_size=8"],
 )

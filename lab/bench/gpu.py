@@ -174,7 +174,7 @@ def run(sizes: Sizes, workdir: Path, results: dict) -> dict:
     from lab.train.machine import cuda_count
 
     study = {"ablation": study_file(workdir, sizes.gpu_study_steps, [0]), "overrides": [],
-             "workers": cuda_count()}
+             "workers": cuda_count()} if sizes.gpu_study else None
     return {"ran": True, **measure(sizes, workdir, [PRESET], sizes.gpu_overrides, study)}
 
 
