@@ -124,6 +124,11 @@ class TrainConfig:
     # constant, then a linear decay to min_lr_ratio over the last decay_fraction of the steps.
     schedule: Literal["cosine", "constant", "wsd"] = "cosine"
     decay_fraction: float = 0.2
+    # Budgets as fractions of `steps` (the largest is 1.0), each a real decayed model: with the
+    # wsd schedule one run trains the stable phase and, at each smaller budget B, branches off
+    # a copy that decays over the last decay_fraction of B steps and is evaluated (a branch
+    # equals a run of `steps=B`; lab.train.budgets). None: the full budget only.
+    budgets: list[float] | None = None
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     # Threads per process (torch.set_num_threads). Results are bit-identical only at the
@@ -443,6 +448,10 @@ def validate(cfg: LabConfig) -> None:
     _need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}.")
     _need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}.")
     _need(t.warmup >= 0, "train.warmup", f"must be >= 0, got {t.warmup}.")
+    _need(0 < t.decay_fraction <= 1, "train.decay_fraction",
+          f"must be in (0, 1], got {t.decay_fraction}.")
+    if t.budgets is not None:
+        check_budgets(t)
     _need(t.threads >= 1, "train.threads", f"must be at least 1, got {t.threads}.")
     _need(t.devices >= 1, "train.devices", f"must be at least 1, got {t.devices}.")
     _need(t.trials_per_gpu >= 1, "train.trials_per_gpu",
@@ -477,6 +486,38 @@ def validate(cfg: LabConfig) -> None:
         "every config needs a task name (a registry name such as 'pointer', or an import path "
         "'package.module:ClassName').",
     )
+
+
+def check_budgets(t: TrainConfig) -> None:
+    """train.budgets: increasing fractions in (0, 1] ending at 1.0; with more than one, the wsd
+    schedule, and every branch's decay starting after the warm-up."""
+    b = [float(x) for x in t.budgets or []]
+    _need(bool(b) and all(0 < x <= 1 for x in b) and all(x < y for x, y in zip(b, b[1:], strict=False)),
+          "train.budgets", f"must be increasing fractions of train.steps in (0, 1], e.g. "
+          f"[0.25, 0.5, 1.0]; got {b}.")
+    _need(b[-1] == 1.0, "train.budgets",
+          f"must end at 1.0 (train.steps is the largest budget); got {b}.")
+    if len(b) > 1:
+        _need(t.schedule == "wsd", "train.budgets",
+              f"{b} branches decayed models off one stable run, which needs "
+              f"train.schedule=wsd (warm-up, stable, decay); the schedule is '{t.schedule}'.")
+        for x in b[:-1]:
+            steps = budget_steps(t.steps, x)
+            start = decay_start(steps, t.decay_fraction)
+            _need(start >= t.warmup and start > 0, "train.budgets",
+                  f"the budget {x:g} ({steps} steps) would start decaying at step {start}, "
+                  f"before the warm-up ends (train.warmup={t.warmup}); use larger budgets or "
+                  f"more train.steps.")
+
+
+def budget_steps(steps: int, fraction: float) -> int:
+    """Training steps of a budget given as a fraction of train.steps."""
+    return max(1, round(fraction * steps))
+
+
+def decay_start(steps: int, decay_fraction: float) -> int:
+    """The step at which the wsd schedule of a `steps`-step run starts its decay."""
+    return steps - max(1, round(decay_fraction * steps))
 
 
 def _divisors(n: int) -> str:

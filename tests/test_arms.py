@@ -28,9 +28,15 @@ def test_single_setting_arms_are_pooled_into_one_comparison():
 
 
 def analysis(groups, direction="minimize"):
+    from lab.stats import VerdictOptions
+    from lab.stats.design import study_design
+
     sa = object.__new__(StudyAnalysis)
     sa.groups, sa.primary, sa.direction = groups, "looped", direction
-    sa.confidence, sa.meta, sa.paired_latency = 0.95, {}, None
+    sa.confidence, sa.meta, sa.paired_latency, sa.twins = 0.95, {}, None, {}
+    sa.options = VerdictOptions(direction=direction, scale=1.0, unit="")
+    sa.design = study_design(groups, list(groups), sa.options, primary="looped")
+    sa.decisions = sa.design.family.decisions()
     return sa
 
 

@@ -33,9 +33,10 @@ axis: {{looped: model.loops}}
 seeds: [0, 1]
 objective: val/acc_token
 tune:
-  space: {{train.lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}}}
-  points: 2
+  space: {{train.lr: {{low: 2.0e-3, high: 3.2e-2, log: true}}}}
+  points: 5
   seeds: [100]
+  budget: 0.5
 """
 
 
@@ -49,18 +50,20 @@ def write(tmp_path, text: str, name: str = "tuned") -> Path:
 
 
 def test_tune_grid_is_log_spaced(tmp_path):
-    abl = load_ablation(write(tmp_path, TUNED.replace("points: 2", "points: 3")))
-    # log-spaced from 1e-3 to 1e-2 in 3 points: 1e-3, sqrt(1e-5) = 0.003162, 1e-2.
-    assert [p["train.lr"] for p in abl.tune.grid()] == [0.001, 0.00316228, 0.01]
+    abl = load_ablation(write(tmp_path, TUNED))
+    # log-spaced from 2e-3 to 3.2e-2 in 5 points: a factor 2 apart.
+    assert [p["train.lr"] for p in abl.tune.grid()] == [0.002, 0.004, 0.008, 0.016, 0.032]
 
 
 @pytest.mark.parametrize("bad, key", [
     ("seeds: [100]", "seeds: [0]"),  # shares a measured seed
-    ("points: 2", "points: 1"),
-    ("seeds: [100]", "seeds: [100]\n  budget: 1.5"),
+    ("points: 5", "points: 1"),
+    ("points: 5", "points: 4"),  # a learning rate is bracketed by 5 points or more
+    ("high: 3.2e-2", "high: 6.4e-2"),  # 5 points 4x apart: not bracketed
+    ("seeds: [100]", "seeds: [100]\n  share: everything"),
     ("seeds: [100]", "seeds: [100]\n  colour: red"),
-    ("low: 1.0e-3", "low: 0.0"),  # a log range needs low > 0
-], ids=["shared-seed", "points", "budget", "unknown-key", "log-low"])
+    ("low: 2.0e-3", "low: 0.0"),  # a log range needs low > 0
+], ids=["shared-seed", "points", "few-points", "wide-steps", "share", "unknown-key", "log-low"])
 def test_bad_tune_section_is_refused(tmp_path, bad, key):
     with pytest.raises(LabError, match="tune"):
         load_ablation(write(tmp_path, TUNED.replace(bad, key)))
@@ -70,43 +73,79 @@ def test_tune_changes_the_study_identity_only_when_present(tmp_path):
     plain = load_ablation(write(tmp_path, TUNED.split("tune:")[0], "plain"))
     tuned = load_ablation(write(tmp_path, TUNED))
     assert "tune" not in plain.fingerprint()[1]
-    assert tuned.fingerprint()[1]["tune"]["points"] == 2
+    assert tuned.fingerprint()[1]["tune"]["points"] == 5
 
 
-def test_tuned_sweep_runs_each_setting_at_its_best_point(tmp_path):
-    path = write(tmp_path, TUNED)
-    assert main(["sweep", str(path), "--workers", "1"]) == 0
+def test_tuned_sweep_runs_each_setting_at_its_fitted_rate(tmp_path):
+    path = write(tmp_path, TUNED.replace("budget: 0.5", "budget: 0.5\n  extend: 1"))
+    assert main(["sweep", str(path), "--workers", "2"]) == 0
     storage = "sqlite:///studies/tuned.db"
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    assert names == {"tuned", "tuned/tune/looped, loops=1", "tuned/tune/looped, loops=2"}
     main_study = optuna.load_study(study_name="tuned", storage=storage)
     tuned = main_study.user_attrs["lab.tuned"]
+    lr1, lr2 = (tuned[f"looped, loops={r}"]["params"]["train.lr"] for r in (1, 2))
+    # The headline comparison again at one rate: loops=2 at the rate of loops=1.
+    recheck = main_study.user_attrs.get("lab.recheck")
+    assert names == {"tuned", "tuned/tune/looped, loops=1", "tuned/tune/looped, loops=2",
+                     *(["tuned/recheck"] if lr1 != lr2 else [])}
+    if lr1 != lr2:
+        assert recheck["point"] == {"train.lr": lr1} and recheck["label"] == "looped, loops=2"
+        assert sorted(recheck["values"]) == ["0", "1"]
     for label in ("looped, loops=1", "looped, loops=2"):
         tstudy = optuna.load_study(study_name=f"tuned/tune/{label}", storage=storage)
         done = [t for t in tstudy.trials if t.state.name == "COMPLETE"]
         assert {t.params["seed"] for t in tstudy.trials} == {100}  # tuning seeds only
+        assert not [t for t in tstudy.trials if t.state.name == "PRUNED"]  # nothing pruned
         assert all("tune/acc_token" in t.user_attrs["metrics"] for t in done)  # tune split
-        best = max(done, key=lambda t: t.value)
-        assert tuned[label]["params"] == {"train.lr": best.params["train.lr"]}
-        # The measured trials of this setting ran at that point, and only they count.
+        assert all(t.user_attrs["steps"] == 10 for t in done)  # half the 20 steps
+        fit = tuned[label]["fit"]
+        lr = tuned[label]["params"]["train.lr"]
+        value = {t.params["train.lr"]: t.value for t in done}
+        best = fit["best"]
+        assert value[best] == max(value.values())
+        lrs = sorted(value)
+        if fit["interior"]:
+            # The vertex lies between the best point's neighbours, with points on each side.
+            i = lrs.index(best)
+            assert lrs[i - 1] <= lr <= lrs[i + 1] and fit["below"] >= 1 and fit["above"] >= 1
+        else:  # still at an edge after growing the grid once on that side
+            assert fit["edge"] in ("low", "high") and lr == best and len(lrs) == 6
+        # The measured trials of this setting ran at that rate, and only they count.
         measured = [t for t in main_study.trials if t.user_attrs.get("lab.setting") == label]
         assert len(measured) == 2
         for t in measured:
             assert t.user_attrs["lab.tuned_params"] == tuned[label]["params"]
             cfg = yaml.safe_load((Path(t.user_attrs["run_dir"]) / "config.yaml").read_text())
-            assert cfg["train"]["lr"] == best.params["train.lr"]
+            assert cfg["train"]["lr"] == lr
             curve = t.user_attrs["curve"]
             assert curve["step"] == [10, 20]  # every validation (debug: val_every 10, 20 steps)
             assert curve["val/acc_token"][-1] == t.value
             assert t.intermediate_values == {10: curve["val/acc_token"][0], 20: t.value}
     report = Path("reports/tuned/report.md").read_text()
-    assert "| looped, loops=1 |" in report and "tuning trials done / pruned / all" in report
-    assert "at half the budget (step 10)" in report
-    assert "| looped | lr=0.001 | 2 |" in report  # the ranking at every tuning point
+    assert "| looped, loops=1 |" in report
+    assert "| looped | lr=0.002 | 2 |" in report  # the ranking at every tuning point
+    assert ("one common learning rate: looped, loops=2 trained again" in report) == (lr1 != lr2)
     # Resuming changes nothing: the choice is frozen and every trial is done.
-    assert main(["sweep", str(path), "--workers", "1"]) == 0
+    assert main(["sweep", str(path), "--workers", "2"]) == 0
     again = optuna.load_study(study_name="tuned", storage=storage)
     assert again.user_attrs["lab.tuned"] == tuned and len(again.trials) == 4
+
+
+def test_a_best_point_at_the_edge_grows_the_grid(tmp_path):
+    from lab.study.tune import extend_edges, open_tune_study, tuned_settings
+
+    abl = load_ablation(write(tmp_path, TUNED))
+    storage = optuna.storages.RDBStorage("sqlite:///edge.db")
+    s = tuned_settings(abl)[0]
+    st = open_tune_study(abl, s, storage)
+    # The objective keeps rising towards the lowest rate: the best point is the low edge.
+    for i, p in enumerate(abl.tune.grid()):
+        st.add_trial(optuna.trial.create_trial(
+            params={"train.lr": p["train.lr"], "seed": 100}, value=1.0 - 0.1 * i,
+            distributions={"train.lr": optuna.distributions.FloatDistribution(1e-6, 1.0),
+                           "seed": optuna.distributions.IntDistribution(0, 1000)}))
+    assert extend_edges(abl, storage) == 1
+    assert st.user_attrs["lab.tune_extra"] == [{"train.lr": 0.001}]  # one 2x step below
 
 
 # --- schedules --------------------------------------------------------------------------------
@@ -254,3 +293,34 @@ def test_a_key_listed_differently_in_sibling_arms_keeps_one_distribution(tmp_pat
     assert all(t.state.name == "COMPLETE" for t in study.trials)
     assert {str(t.distributions["model.loops"]) for t in study.trials} == {
         str(study.trials[0].distributions["model.loops"])}
+
+
+def test_budgets_sequential_seeds_and_twins_in_one_small_study():
+    """tests/data/budgets.yaml: decayed branches at half the budget, seeds added while a
+    comparison is open (2, at most 3 per setting), and one model under two names run once."""
+    assert main(["sweep", str(ROOT / "tests/data/budgets.yaml"), "--workers", "2"]) == 0
+    study = optuna.load_study(study_name="budgets", storage="sqlite:///studies/budgets.db")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(set(t.user_attrs["budgets"]) == {"0.5", "1"} for t in done)
+    for t in done:
+        b = t.user_attrs["budgets"]
+        assert b["1"]["metrics"]["val/acc_token"] == t.value
+        assert (b["0.5"]["steps"], b["0.5"]["branch_point"]) == (10, 8)  # decays 10 - 2.5
+    # The twin never ran: its owner's trials stand for it.
+    assert {t.user_attrs["lab.setting"] for t in done} == {
+        "looped, loops=1", "looped, loops=2", "uniform, n_layers=2"}
+    looks = study.user_attrs["lab.looks"]
+    plan = study.user_attrs.get("lab.seed_plan", {})
+    assert looks[0]["n"] == 2 and all(v == 2 for v in looks[0]["seeds"].values())
+    for label, seeds in plan.items():  # a setting got a third seed only while it was open
+        assert seeds in ([0, 1], [0, 1, 2])
+        n = sum(t.user_attrs["lab.setting"] == label for t in done)
+        assert n == len(seeds)
+    report = Path("reports/budgets/report.md").read_text()
+    assert "### Verdicts at every budget" in report and "Compute multiplier" in report
+    assert "Holm's step-down correction over the" in report
+    assert "| looped, loops=1 | uniform, n_layers=1 | depth | 1 |" in report
+    assert "the same model" in report
+    if len(looks) > 1:
+        assert "Looks of the sequential seeds" in report
+    assert Path("reports/budgets/budgets.png").stat().st_size > 1000

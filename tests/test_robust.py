@@ -519,9 +519,9 @@ def test_two_hosts_run_every_pair_exactly_once(tmp_path):
         assert p.returncode == 0, err
     study = load(name, PG_URL)
     pairs = completed(study)
-    assert len(pairs) == 8 and set(pairs.values()) == {1}
+    assert len(pairs) == 6 and set(pairs.values()) == {1}  # a twin shares its trials
     queued = Counter(t.user_attrs["lab.pair"] for t in study.trials if t.user_attrs.get("lab.queued"))
-    assert len(queued) == 8 and set(queued.values()) == {1}, queued
+    assert len(queued) == 6 and set(queued.values()) == {1}, queued
     hosts = {t.user_attrs["lab.worker"]["host"] for t in study.trials if "lab.worker" in t.user_attrs}
     assert hosts == {"host-a", "host-b"}
 
@@ -606,3 +606,34 @@ def test_wall_time_counts_each_pair_once(tmp_path):
                         "lab.pair": f'{{"model.n_layers": {n_layers}, "seed": 0}}'}))
     line = next(x for x in environment(StudyAnalysis(abl, study)) if "wall time" in x)
     assert "2.0 min" in line, line
+
+
+def test_a_study_made_with_the_learned_recipe_is_a_different_study(tmp_path):
+    """A study made before rotary positions and tied embeddings (its stored config has no such
+    keys): its identity says learned positions and an untied head; a run on the current
+    recipe is refused with the two ways on, and the old recipe's overrides find it again."""
+    from lab.errors import LabError
+    from lab.study.attrs import BASE_CONFIG_ATTR, FINGERPRINT_ATTR, IDENTITY_ATTR
+    from lab.study.run import create_or_load_study
+    from lab.study.spec import ADDED_IDENTITY_KEYS, identity_hash, load_ablation
+
+    path = ablation(tmp_path, "old", "space: {model.n_layers: [1, 2]}\n")
+    old_recipe = ["model.positions=learned", "model.tie_embeddings=false"]
+    abl_old = load_ablation(path, old_recipe)
+    abl_old.study, abl_old.storage = "old", "sqlite:///studies/old.db"
+    _, ident = abl_old.fingerprint()
+    study = create_or_load_study(abl_old)
+    stale = {**ident, "base": {k: v for k, v in ident["base"].items()
+                               if k not in ADDED_IDENTITY_KEYS}}
+    study.set_user_attr(IDENTITY_ATTR, stale)
+    study.set_user_attr(FINGERPRINT_ATTR, identity_hash(stale))
+    base = dict(study.user_attrs[BASE_CONFIG_ATTR])
+    base["model"] = {k: v for k, v in base["model"].items()
+                     if k not in ("positions", "rope_base", "tie_embeddings")}
+    study.set_user_attr(BASE_CONFIG_ATTR, base)
+    new = load_ablation(path)
+    new.study, new.storage = "old", "sqlite:///studies/old.db"
+    with pytest.raises(LabError, match="earlier model recipe") as e:
+        create_or_load_study(new)
+    assert "model.positions=\"learned\"" in str(e.value) and "study=old-rope" in str(e.value)
+    assert create_or_load_study(abl_old).user_attrs[FINGERPRINT_ATTR] == abl_old.fingerprint()[0]

@@ -68,7 +68,9 @@ def test_grid_is_covered_and_report_equals_storage():
     assert main(["sweep", str(TINY), "--workers", "2"]) == 0
     study = load()
     pairs = completed_pairs(study)
-    assert len(pairs) == 8 and set(pairs.values()) == {1}  # 4 settings x 2 seeds, once each
+    # 4 settings x 2 seeds, once each; "uniform, n_layers=1" is the same model as
+    # "looped, loops=1" (one block run once) and shares its trials: 6 pairs run.
+    assert len(pairs) == 6 and set(pairs.values()) == {1}
     t = next(t for t in study.trials if t.state == TrialState.COMPLETE)
     assert set(t.params) >= {"model.family", "seed"}
     assert any(k in t.params for k in ("model.loops", "model.n_layers"))
@@ -82,8 +84,11 @@ def test_grid_is_covered_and_report_equals_storage():
     for t in study.trials:
         if t.state == TrialState.COMPLETE:
             by[t.user_attrs["lab.setting"]].append(t.value)
+    by["uniform, n_layers=1"] = by["looped, loops=1"]  # the twin reports its owner's trials
     summary = json.loads(Path("reports/tiny/summary.json").read_text())
     assert {s["setting"] for s in summary["settings"]} == set(by)
+    assert next(s for s in summary["settings"] if s["setting"] == "uniform, n_layers=1")[
+        "same_model_as"] == "looped, loops=1"
     md = Path("reports/tiny/report.md").read_text()
     for s in summary["settings"]:
         assert s["n"] == len(by[s["setting"]])
@@ -97,8 +102,11 @@ def test_grid_is_covered_and_report_equals_storage():
     # Two arms: looped settings against uniform ones of equal effective depth, with cost ratios.
     assert "at equal effective depth" in md and "latency ratio" in md
     assert summary["arms"].startswith("looped")
+    # No interval is drawn between two names of one model.
+    assert not any({c["a"], c["b"]} == {"looped, loops=1", "uniform, n_layers=1"}
+                   for c in summary["comparisons"])
     # One TensorBoard run per trial.
-    assert len([p for p in Path("runs/tiny").iterdir() if p.is_dir()]) == 8
+    assert len([p for p in Path("runs/tiny").iterdir() if p.is_dir()]) == 6
 
 
 def test_rerunning_a_finished_study_adds_nothing():
@@ -142,7 +150,7 @@ def test_killed_sweep_resumes_only_what_is_missing(sig):
         if t.number in done:
             assert (t.value, t.datetime_complete) == done[t.number]
     pairs = completed_pairs(study)
-    assert len(pairs) == 8 and set(pairs.values()) == {1}
+    assert len(pairs) == 6 and set(pairs.values()) == {1}  # a twin shares its trials
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert {t.number for t in failed} == cut
     assert all(t.user_attrs["lab.fail_reason"].startswith("interrupted") for t in failed)
@@ -195,7 +203,7 @@ def test_sigkilled_worker_trial_is_rerun_once():
     assert proc.returncode == 0, err
     study = load()
     pairs = completed_pairs(study)
-    assert len(pairs) == 8 and set(pairs.values()) == {1}
+    assert len(pairs) == 6 and set(pairs.values()) == {1}  # a twin shares its trials
     killed = [t for t in study.trials
               if t.user_attrs.get("lab.worker", {}).get("pid") == pid and t.state != TrialState.COMPLETE]
     assert len(killed) == 1
@@ -365,7 +373,7 @@ def test_postgres_two_sweeps_share_one_study():
         assert p.returncode == 0, err
     study = load(name, url)
     pairs = completed_pairs(study)
-    assert len(pairs) == 8 and set(pairs.values()) == {1}
+    assert len(pairs) == 6 and set(pairs.values()) == {1}  # a twin shares its trials
     spurious = [t for t in study.trials if t.user_attrs.get("lab.spurious")]
     assert all(not t.params for t in spurious)
 

@@ -27,12 +27,21 @@ def pair_status(sa: StudyAnalysis) -> list[dict]:
     for t in sorted(trials, key=lambda t: t.number):
         if t.state.name == "FAIL" and t.user_attrs.get(FAIL_ATTR):
             last_reason[trial_pair(t)] = str(t.user_attrs[FAIL_ATTR])
-    # The seeds asked for: the study's (they may have grown) and this ablation file's.
-    seeds = sorted(set(sa.meta.get("seeds", [])) | set(sa.abl.seeds))
+    # The seeds asked for: with sequential seeds each setting's plan, else the study's (they
+    # may have grown) and this ablation file's. A twin's pairs are its owner's.
+    from lab.study.queue import seed_plan
+
+    plan = seed_plan(sa.abl, sa.study)
+    if not sa.abl.sequential:
+        seeds = sorted(set(sa.meta.get("seeds", [])) | set(sa.abl.seeds))
+        plan = dict.fromkeys(plan, seeds)
+    tw = sa.abl.twins()
+    by_label = {s.label: s for s in sa.abl.settings()}
     rows = []
     for s in sa.abl.settings():
-        for seed in seeds:
-            key = pair_key(pair_params(s.params, seed))
+        owner = by_label[tw.get(s.label, s.label)]
+        for seed in plan.get(owner.label, []):
+            key = pair_key(pair_params(owner.params, seed))
             if key in final:
                 reason = final[key]
                 state = "done" if reason is None else "failed"

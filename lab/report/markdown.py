@@ -9,6 +9,7 @@ import yaml
 
 from lab.report.commands import make_command, rerun_command
 from lab.report.context import context_section
+from lab.report.decisions import decision_lines
 from lab.report.difficulty import difficulty_headline, difficulty_section
 from lab.report.failures import failures_section, pair_status, verdict_caveats
 from lab.report.figures import Figure
@@ -148,6 +149,7 @@ def verdict_section(sa: StudyAnalysis, verdicts: list) -> list[str]:
     for g, v in verdicts:
         lines.append(f"- {(g + ': ') if g and len(verdicts) > 1 else ''}{v.sentence}"
                      f"{verdict_caveats(sa, g)}")
+    lines += [""] + decision_lines(sa)
     md = sa.matched_depth()
     if md:
         g0 = sa.primary_group()
@@ -157,6 +159,7 @@ def verdict_section(sa: StudyAnalysis, verdicts: list) -> list[str]:
                   f"better, {sa.unit or 'objective units'}):", ""]
         rows = [[r["setting"], r["other"], r["matched"], fmt_num(r["depth"]),
                  f"{fmt_num(r['params'])} vs {fmt_num(r['other_params'])}",
+                 "the same model" if r["outcome"] == "identical" else
                  fmt_diff(r["diff"], r["low"], r["high"], sa.scale),
                  "-" if r["latency_ratio"] is None else
                  "{:.2f}x ({:.2f} to {:.2f})".format(*r["latency_ratio"]),

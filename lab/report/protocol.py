@@ -78,14 +78,11 @@ def half_budget(sa: StudyAnalysis) -> tuple[int, list[tuple[str, object]]] | Non
 
 
 def same_conclusion(a, b) -> bool:
-    """Whether two verdicts say the same thing: both unsupported, or the same saturation
-    point / best setting and regressions."""
-    if a.supported != b.supported:
-        return False
-    if not a.supported:
-        return a.reason == b.reason
-    return (getattr(a, "saturation", None) == getattr(b, "saturation", None)
-            and a.best == b.best and getattr(a, "regressions", []) == getattr(b, "regressions", []))
+    """Whether two verdicts say the same thing (lab.report.budgets.content): decided or not,
+    the saturation point, regressions and best setting, or the comparison's outcomes."""
+    from lab.report.budgets import same_conclusion as same
+
+    return same(a, b)
 
 
 def best_by_group(sa: StudyAnalysis, stats: list[SettingStats]) -> dict[str, str]:
@@ -122,6 +119,24 @@ def seed_robustness(sa: StudyAnalysis) -> dict[str, list[tuple[int, str]]]:
         for g, best in best_by_group(sa, summarize(recs, confidence=sa.confidence,
                                                    bounds=sa.bounds)).items():
             out.setdefault(g, []).append((seed, best))
+    return out
+
+
+def verdict_without_each_seed(sa: StudyAnalysis) -> dict[str, list[tuple[int, bool]]]:
+    """Per arm: whether its verdict says the same (same_conclusion) with each measured seed
+    left out, [(seed, same)]; each leave-one-out study decided as one family. Empty with
+    fewer than 3 seeds."""
+    seeds = sorted({r.seed for r in sa.records if r.state == "COMPLETE"})
+    if len(seeds) < 3 or not hasattr(sa, "design"):
+        return {}
+    full = dict(sa.verdicts())
+    out: dict[str, list[tuple[int, bool]]] = {}
+    for seed in seeds:
+        recs = [r for r in sa.records if r.seed != seed]
+        stats = summarize(recs, confidence=sa.confidence, bounds=sa.bounds)
+        for g, v in sa.verdicts(stats):
+            if g in full:
+                out.setdefault(g, []).append((seed, same_conclusion(full[g], v)))
     return out
 
 
@@ -226,14 +241,24 @@ def protocol_section(sa: StudyAnalysis, verdicts, figures: dict) -> list[str]:
         for label, t in sa.tuned.items():
             done = sum(p["n"] for p in t.get("points", []))
             rows.append([label, *[fmt_tuned(t.get("params", {}).get(k)) for k in keys],
-                         fmt_obj(t.get("value"), sa.objective),
+                         fit_text(t), fmt_obj(t.get("value"), sa.objective),
                          f"{done} / {t.get('pruned', 0)} / {t.get('trials', 0)}"])
+        shared = any((t.get("share") or "setting") == "arm" for t in sa.tuned.values())
+        fits = [t.get("fit") for t in sa.tuned.values() if t.get("fit")]
+        interior = sum(bool(f.get("interior")) for f in fits)
         lines += [
-            "Every setting had its own small search before its measured seeds ran (values tuned: "
-            + ", ".join(f"`{k}`" for k in keys) + "). Tuning trials use their own seeds and the "
-            "task's `tune` split, never the reported validation split, and never enter a "
-            "verdict. Chosen values:", "",
-            md_table(["setting", *keys, "tuning objective (best point)",
+            "Every setting had its own search before its measured seeds ran (values tuned: "
+            + ", ".join(f"`{k}`" for k in keys) + (", one learning rate per arm from a pooled "
+                                                   "fit" if shared else "")
+            + "). Tuning trials use their own seeds and the task's `tune` split, never the "
+            "reported validation split, and never enter a verdict; no point is pruned before "
+            "it is compared with its neighbours. The learning rate is the vertex of a "
+            "quadratic fit of the objective in log lr around the best grid point (up to two "
+            "points on each side); a best point at the grid's edge grows the grid on that "
+            "side." + (f" The chosen rate is bracketed (interior, with completed points on "
+                       f"both sides) for {interior} of {len(fits)} settings." if fits else ""),
+            "",
+            md_table(["setting", *keys, "how it was chosen", "tuning objective (best point)",
                       "tuning trials done / pruned / all"], rows), ""]
         if "sensitivity" in figures:
             lines += [figures["sensitivity"].caption, ""] + image("tuning sensitivity",
@@ -250,18 +275,25 @@ def protocol_section(sa: StudyAnalysis, verdicts, figures: dict) -> list[str]:
                   "ablation to tune per setting.", ""]
     if "curves" in figures:
         lines += [figures["curves"].caption, ""] + image("learning curves", figures["curves"])
-    hb = half_budget(sa)
-    if hb is not None and verdicts:
-        step, half = hb
-        full = dict(verdicts)
-        for g, v in half:
-            if g not in full:
-                continue
-            held = same_conclusion(full[g], v)
-            lines.append(f"- {(g + ': ') if g and len(half) > 1 else ''}at half the budget "
-                         f"(step {step}) the verdict " + ("is the same: " if held else
-                                                          "**differs**: ") + v.sentence)
-        lines.append("")
+    from lab.report.budgets import budget_keys, budgets_lines
+
+    if len(budget_keys(sa)) > 1:
+        lines += budgets_lines(sa, figures)
+    else:
+        hb = half_budget(sa)
+        if hb is not None and verdicts:
+            step, half = hb
+            full = dict(verdicts)
+            for g, v in half:
+                if g not in full:
+                    continue
+                held = same_conclusion(full[g], v)
+                lines.append(f"- {(g + ': ') if g and len(half) > 1 else ''}at step {step}, "
+                             "halfway through the full-length schedule (a snapshot of the run, "
+                             "not a model trained and decayed for that budget; budgets: "
+                             "train.budgets) the verdict " + ("says the same: " if held else
+                                                              "**differs**: ") + v.sentence)
+            lines.append("")
     lines += robustness_lines(sa)
     sts = steps_to_solve(sa)
     if any(x is not None for xs in sts.values() for x in xs):
@@ -308,6 +340,14 @@ def robustness_lines(sa: StudyAnalysis) -> list[str]:
             same = sum(r["best"] == r["measured_best"] for r in held)
             lines += [f"- learning rate: at {same} of {len(held)} tuning points where every "
                       "setting of the arm completed, the best setting is the measured best.", ""]
+    for g, pairs in verdict_without_each_seed(sa).items():
+        what = f"{g}: " if g else ""
+        moved = [sd for sd, same in pairs if not same]
+        lines.append(f"- verdict without one seed: {what}" + (
+            f"with any one of the {len(pairs)} seeds left out, the verdict says the same."
+            if not moved else "the verdict changes without seed "
+            + ", ".join(map(str, moved)) + f" (of {len(pairs)} seeds): it rests on those seeds."))
+    lines += recheck_lines(sa)
     sr = seed_robustness(sa)
     for g, pairs in sr.items():
         bests = {b for _, b in pairs}
@@ -321,6 +361,49 @@ def robustness_lines(sa: StudyAnalysis) -> list[str]:
     if sr:
         lines.append("")
     return lines
+
+
+def recheck_lines(sa: StudyAnalysis) -> list[str]:
+    """The headline comparison again at one common learning rate (lab.study.recheck)."""
+    from lab.stats.family import decide
+    from lab.stats.verdicts import Gain, amount, compare
+    from lab.study.attrs import RECHECK_ATTR
+
+    rc = sa.study.user_attrs.get(RECHECK_ATTR) if sa.study is not None else None
+    if not rc or not rc.get("values"):
+        return []
+    ref = next((s for s in sa.stats if s.setting == rc["reference"]), None)
+    best = next((s for s in sa.stats if s.setting == rc["label"]), None)
+    if ref is None or best is None:
+        return []
+    before = sa.decision(ref, best)
+    again = replace(best, values=[rc["values"][k] for k in sorted(rc["values"], key=int)])
+    c = compare(ref, again, sa.verdict_options)
+    now = decide(c, 1 - sa.confidence)
+    lo, hi = c.interval(sa.confidence)
+    lr = next(iter(rc["point"].values()))
+    held = now.outcome == before.outcome
+    return [f"- one common learning rate: {rc['label']} trained again on the seeds of "
+            f"{rc['reference']} at its learning rate ({lr:.3g}) gives "
+            f"{amount(Gain(ref.setting, best.setting, c.diff, lo, hi), sa.verdict_options)} "
+            f"against it ({now.outcome}, tested alone); at their own rates the decision was "
+            f"{before.outcome}: " + ("it holds at one rate." if held else
+                                      "**it does not hold at one rate**: part of the "
+                                      "difference is the learning rate."), ""]
+
+
+def fit_text(t: dict) -> str:
+    f = t.get("fit")
+    if t.get("same_model_as"):
+        return f"= {t['same_model_as']} (the same model)"
+    if not f:
+        return "best point"
+    if f.get("edge"):
+        return f"best at the {f['edge']} edge of the grown grid: not bracketed"
+    if f.get("fitted"):
+        return (f"vertex, {len(f.get('window') or [])} points ({f.get('below')} below, "
+                f"{f.get('above')} above)")
+    return "best point (the fit has no minimum)"
 
 
 def fmt_tuned(v) -> str:

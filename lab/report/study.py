@@ -8,92 +8,39 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lab.stats import (
     CompareVerdict,
     CurveVerdict,
     SettingStats,
-    TrialRecord,
     VerdictOptions,
-    compare_verdict,
-    curve_verdict,
     diff_ci,
-    improvement,
     ratio_ci,
     signed,
     summarize,
 )
+from lab.stats.design import design_verdicts, study_design, verdict_sets
+from lab.stats.family import Decision
+from lab.stats.verdicts import amount, compare
 from lab.study.attrs import (
     ABLATION_ATTR,
-    ADAPTIVE_ATTR,
-    AXIS_ATTR,
     BASE_CONFIG_ATTR,
     CONTEXT_ATTR,
-    CURVE_ATTR,
-    DIAGNOSTICS_ATTR,
-    EXTRAPOLATION_ATTR,
-    FAIL_ATTR,
-    GIT_ATTR,
-    GROUP_ATTR,
     LATENCY_ATTR,
-    METRICS_ATTR,
-    SETTING_ATTR,
-    SPURIOUS_ATTR,
     TASK_ATTR,
-    THREADS_ATTR,
     TUNED_ATTR,
-    TUNED_PARAMS_ATTR,
-    is_done,
-    trial_pair,
 )
+from lab.study.records import COST_KEYS, RECORD_ATTRS, trial_records
+from lab.study.seeding import bounds_of, decide_study, options_for
 
 if TYPE_CHECKING:
     from lab.study.spec import Ablation
 
-COST_KEYS = ("params", "effective_depth", "flops_per_token", "train_flops_per_token",
-             "latency_s_per_token", "kv_bytes_per_token", "train_tokens_per_s",
-             "train_step_peak_bytes", "wall_time_s")
-# The other trial attributes a record carries. Every number among a record's attrs is averaged
-# into its setting's costs (lab.stats.summarize), so counters such as "steps" stay out.
-RECORD_ATTRS = (FAIL_ATTR, METRICS_ATTR, DIAGNOSTICS_ATTR, EXTRAPOLATION_ATTR, ADAPTIVE_ATTR,
-                GIT_ATTR, THREADS_ATTR, CURVE_ATTR, TUNED_PARAMS_ATTR, "plan", "widths",
-                "mlp_hidden", "latency_mode", "run_dir")
+__all__ = ["COST_KEYS", "RECORD_ATTRS", "StudyAnalysis", "trial_records", "verdict_sets"]
 AXIS_NOUNS = {"model.loops": ("loop", "loops"), "model.n_layers": ("layer", "layers"),
               "model.eval_loops": ("loop", "loops")}
-
-
-def trial_records(study) -> tuple[list[TrialRecord], dict[str, int]]:
-    """Records for analysis, and counts of attempts that do not enter it.
-
-    A failed attempt whose pair was later completed (an interrupted trial that was re-run)
-    is not a failure of the setting; it is counted under "retried".
-    """
-    from optuna.trial import TrialState
-
-    kept = set(COST_KEYS) | set(RECORD_ATTRS)
-    trials = [t for t in study.get_trials(deepcopy=False)
-              if t.params and not t.user_attrs.get(SPURIOUS_ATTR)]
-    done_pairs = {trial_pair(t) for t in trials if is_done(t)}
-    notes = {"retried": 0, "running": 0}
-    records = []
-    for t in trials:
-        if t.state == TrialState.FAIL and not is_done(t) and trial_pair(t) in done_pairs:
-            notes["retried"] += 1
-            continue
-        if t.state in (TrialState.RUNNING, TrialState.WAITING):
-            notes["running"] += 1
-        records.append(TrialRecord(
-            number=t.number,
-            setting=t.user_attrs.get(SETTING_ATTR, "?"),
-            seed=int(t.params.get("seed", 0)),
-            state=t.state.name,
-            value=t.value if t.state == TrialState.COMPLETE else None,
-            attrs={k: v for k, v in t.user_attrs.items() if k in kept},
-            axis=t.user_attrs.get(AXIS_ATTR),
-            group=t.user_attrs.get(GROUP_ATTR, ""),
-        ))
-    return records, notes
 
 
 def objective_scale(objective: str) -> tuple[float, str]:
@@ -140,26 +87,29 @@ class StudyAnalysis:
         self.solve_threshold = (float(threshold) if threshold is not None else
                                 0.95 if "acc" in self.objective else None)
         # The metric's range: interval ends beyond it are cut (and marked) in the table.
-        self.bounds = (0.0, 1.0) if "acc" in self.objective else (
-            (0.0, math.inf) if self.objective.endswith(("loss", "bpb")) else None)
+        self.bounds = bounds_of(self.objective)
         self.tuned = study.user_attrs.get(TUNED_ATTR) or {}
         self.paired_latency = study.user_attrs.get(LATENCY_ATTR)
         self.context_costs = study.user_attrs.get(CONTEXT_ATTR)  # lab.eval.context
-        self.records, self.notes = trial_records(study)
+        self.twins = abl.twins()
+        self.options = replace(options_for(abl, study), scale=self.scale, unit=self.unit)
+        self.records, self.notes = trial_records(study, abl)
         self.stats = summarize(self.records, confidence=self.confidence, bounds=self.bounds)
         self.groups: dict[str, list[SettingStats]] = defaultdict(list)
         for s in self.stats:
             self.groups[s.group].append(s)
+        # Every comparison of the report, decided together (lab.study.seeding): the design,
+        # the decisions (claims fixed at the look that decided them), and the looks.
+        self.design, self.decisions, self.decided_at, self.looks = decide_study(
+            abl, study, self.records, self.verdict_options)
 
     @property
     def n_complete(self) -> int:
-        return sum(s.n for s in self.stats)
+        return sum(s.n for s in self.stats if s.setting not in self.twins)
 
     @property
     def verdict_options(self) -> VerdictOptions:
-        return VerdictOptions(direction=self.direction, confidence=self.confidence,
-                              min_gain=self.min_gain, chance=self.chance, scale=self.scale,
-                              unit=self.unit)
+        return self.options
 
     def ordered(self, group: str) -> bool:
         ss = self.groups[group]
@@ -170,37 +120,41 @@ class StudyAnalysis:
             return self.primary
         return next(iter(self.groups))
 
+    def namer(self, group: str | None):
+        return axis_namer(axis_key(self.meta, group or ""))
+
     def verdicts(self, stats: list[SettingStats] | None = None
                  ) -> list[tuple[str, CurveVerdict | CompareVerdict]]:
-        """(group, verdict) for every arm: a curve verdict on ordered arms, else a comparison.
-        `stats`: other statistics of the same settings (e.g. at half the budget)."""
-        out: list[tuple[str, CurveVerdict | CompareVerdict]] = []
-        opts = self.verdict_options
+        """(group, verdict) for every arm: a curve verdict on ordered arms, else a comparison,
+        all from the report's decisions. `stats`: other statistics of the same settings (the
+        verdicts at another budget), decided as one family of their own at the full alpha."""
+        if stats is None:
+            return design_verdicts(self.design, self.decisions, self.namer)
+        design = self.design_of(stats)
+        return design_verdicts(design, design.family.decisions(), self.namer)
+
+    def design_of(self, stats: list[SettingStats]):
         by_group: dict[str, list[SettingStats]] = defaultdict(list)
-        for s in self.stats if stats is None else stats:
+        for s in stats:
             by_group[s.group].append(s)
-        groups = [self.primary_group()] + [g for g in self.groups if g != self.primary_group()]
-        for g, ss in verdict_sets(groups, by_group):
-            if g is not None and self.ordered(g):
-                v: CurveVerdict | CompareVerdict = curve_verdict(
-                    ss, opts, name=axis_namer(axis_key(self.meta, g)))
-            elif len(ss) > 1:
-                ref = self.reference if self.reference in {s.setting for s in ss} else ss[0].setting
-                v = compare_verdict(ss, ref, opts)
-            else:
-                continue
-            out.append((g or "", v))
-        return out
+        g0 = self.primary_group()
+        groups = [g0] + [g for g in by_group if g != g0] if g0 in by_group else list(by_group)
+        return study_design(dict(by_group), groups, self.verdict_options, primary=self.primary,
+                            reference=self.reference,
+                            twins={frozenset(p) for p in self.twins.items()})
+
+    def decision(self, a: SettingStats, b: SettingStats) -> Decision:
+        """The report's decision on the improvement of b over a."""
+        c = compare(a, b, self.verdict_options)
+        return self.decisions.get(c.name) or Decision(c, None)
 
     def matched_depth(self) -> list[dict]:
-        """Across arms: each primary setting against the other arms' settings that match it.
-
-        A pair is matched on "depth" (equal effective depth, and FLOPs per token within 5%
-        where both are known) or, for another arm's setting that no primary setting matches
-        in depth, on "FLOPs" (the primary setting nearest in FLOPs per token, within 5%: a
-        wider stack against a looped one). "diff", "low", "high": the improvement of the
-        primary setting over the other (positive = better, whatever the direction), with its
-        Welch interval.
+        """Across arms: each primary setting against the other arms' settings that match it
+        (lab.stats.design.matched_pairs: equal effective depth, or equal FLOPs per token for a
+        setting no depth matches). "diff", "low", "high": the improvement of the primary
+        setting over the other (positive = better, whatever the direction), with its Welch
+        interval; "outcome": the report's decision (better, worse, equivalent, open), or
+        "identical" for two names of one model.
 
         "recovered": the share of the other arm's gain that this setting recovers, both
         measured from the other arm's setting at the primary arm's shallowest depth (for a
@@ -208,45 +162,35 @@ class StudyAnalysis:
         (this - base) / (other - base) in the direction of improvement; None where the other
         arm's gain over the base is not significant (its interval includes 0).
         """
-        if len(self.groups) < 2:
-            return []
         g0 = self.primary_group()
         sign = 1.0 if self.direction == "maximize" else -1.0
-        done0 = [s for s in self.groups[g0] if s.n]
-        d0 = min((s.costs.get("effective_depth") or 0 for s in done0), default=None)
+        d0 = min((s.costs.get("effective_depth") or 0 for s in self.groups[g0] if s.n),
+                 default=None)
         rows = []
-        for other in (g for g in self.groups if g != g0):
-            done = [s for s in self.groups[other] if s.n]
-            by_depth = {s.costs.get("effective_depth"): s for s in done}
-            base = by_depth.get(d0)
-            pairs = [(s, by_depth[s.costs.get("effective_depth")], "depth") for s in done0
-                     if s.costs.get("effective_depth") in by_depth
-                     and _close(s, by_depth[s.costs.get("effective_depth")])]
-            paired = {o.setting for _, o, _ in pairs}
-            for o in done:
-                near = [s for s in done0 if _close(s, o, need=True)] if o.setting not in paired \
-                    else []
-                if near:
-                    s = min(near, key=lambda s: abs(_flops(s) - _flops(o)))
-                    pairs.append((s, o, "FLOPs"))
-            for s, o, kind in pairs:
-                diff, lo, hi = improvement(o, s, sign, self.confidence)
-                recovered = None
-                if kind == "depth" and base is not None and o is not base:
-                    _, glo, ghi = diff_ci(base.values, o.values, self.confidence)
-                    gain = sign * (o.mean - base.mean)
-                    if gain > 0 and (glo > 0 or ghi < 0):
-                        recovered = sign * (s.mean - base.mean) / gain
-                rows.append({"setting": s.setting, "other": o.setting, "group": g0,
-                             "matched": kind,
-                             "base": base.setting if recovered is not None else None,
-                             "recovered": recovered,
-                             "other_group": other, "name": axis_namer(axis_key(self.meta, g0))(s),
-                             "depth": s.costs.get("effective_depth"), "diff": diff, "low": lo,
-                             "high": hi, "params": s.costs.get("params"),
-                             "other_params": o.costs.get("params"),
-                             "latency_ratio": self.latency_ratio(s.setting, o.setting),
-                             "kv_ratio": _ratio(s.costs, o.costs, "kv_bytes_per_token")})
+        for s, o, kind, other in self.design.pairs:
+            base = next((x for x in self.groups[other] if x.n
+                         and x.costs.get("effective_depth") == d0), None)
+            identical = not self.design.comparable(s, o)
+            dec = self.decision(o, s)
+            c = dec.comparison
+            lo, hi = c.interval(self.confidence)
+            recovered = None
+            if kind == "depth" and base is not None and o is not base:
+                _, glo, ghi = diff_ci(base.values, o.values, self.confidence)
+                gain = sign * (o.mean - base.mean)
+                if gain > 0 and (glo > 0 or ghi < 0):
+                    recovered = sign * (s.mean - base.mean) / gain
+            rows.append({"setting": s.setting, "other": o.setting, "group": g0,
+                         "matched": kind, "outcome": "identical" if identical else dec.outcome,
+                         "worthwhile": dec.worthwhile_gain or dec.worthwhile_loss,
+                         "base": base.setting if recovered is not None else None,
+                         "recovered": recovered,
+                         "other_group": other, "name": self.namer(g0)(s),
+                         "depth": s.costs.get("effective_depth"), "diff": c.diff, "low": lo,
+                         "high": hi, "params": s.costs.get("params"),
+                         "other_params": o.costs.get("params"),
+                         "latency_ratio": self.latency_ratio(s.setting, o.setting),
+                         "kv_ratio": _ratio(s.costs, o.costs, "kv_bytes_per_token")})
         return rows
 
     def latency_ratio(self, a: str, b: str) -> tuple[float, float, float] | None:
@@ -256,12 +200,15 @@ class StudyAnalysis:
         if not self.paired_latency:
             return None
         secs = self.paired_latency.get("seconds", {})
+        a, b = self.twins.get(a, a), self.twins.get(b, b)
         if a not in secs or b not in secs:
             return None
         return ratio_ci(secs[a], secs[b], self.confidence)
 
     def arm_sentence(self) -> str | None:
-        """One sentence comparing the primary arm with the other at equal effective depth."""
+        """One sentence comparing the primary arm with the other at equal effective depth,
+        in the words of the report's decisions: better / worse, equivalent (TOST), or not
+        distinguishable at this precision."""
         every = self.matched_depth()
         if not every or any(g is None for g, _ in verdict_sets(list(self.groups), self.groups)):
             return None  # arms of one setting each: their pooled comparison is the verdict
@@ -270,67 +217,74 @@ class StudyAnalysis:
         others = [r["other_group"] for r in every]
         main = max(dict.fromkeys(others), key=others.count)
         rows = [r for r in every if r["other_group"] == main]
-        conf = int(self.confidence * 100)
         g0, g1 = rows[0]["group"], rows[0]["other_group"]
-        fin = [r for r in rows if math.isfinite(r["high"])]
-        better = [r for r in fin if r["low"] > 0]
-        same = [r for r in fin if r["low"] <= 0 <= r["high"]]
-        worse = [r for r in fin if r["high"] < 0]
-        unknown = [r for r in rows if not math.isfinite(r["high"])]
-        ok = better + same
+        o = self.verdict_options
 
-        def gap(rs, pick):
-            w = pick(rs, key=lambda r: r["diff"])
-            at = f" at {w['name']}" if len(rs) > 1 else ""
-            return (f"{signed(w['diff'], self.scale)} {self.unit}{at}, CI "
-                    f"{signed(w['low'], self.scale)} to {signed(w['high'], self.scale)}")
+        def amt(r) -> str:
+            from lab.stats.verdicts import Gain
 
+            return amount(Gain(r["other"], r["setting"], r["diff"], r["low"], r["high"]), o)
+
+        words = {"better": "is better than", "worse": "is worse than",
+                 "equivalent": f"is equivalent (TOST, within {abs(self.min_gain) * self.scale:g} "
+                               f"{self.unit}) to",
+                 "open": "is not distinguishable at this precision from",
+                 "identical": "is the same model as"}
         parts = []
-        if better:
-            parts.append(f"{g0} is significantly better than {g1} at "
-                         + ", ".join(r["name"] for r in better)
-                         + f" ({'up to ' if len(better) > 1 else ''}{gap(better, max)})")
-        if same:
-            what = "accuracy" if "acc" in self.objective else "objective"
-            parts.append(("and " if better else f"{g0} ") + f"keeps the {what} of {g1} within "
-                         f"the {conf}% CI at " + ", ".join(r["name"] for r in same))
-        if worse:
-            parts.append(f"{'and ' if ok else g0 + ' '}is significantly worse at "
-                         + ", ".join(r["name"] for r in worse) + f" (largest gap {gap(worse, min)})")
-        if unknown and not (ok or worse):
-            return None
+        for outcome in ("identical", "better", "equivalent", "worse", "open"):
+            rs = [r for r in rows if r["outcome"] == outcome]
+            if not rs:
+                continue
+            at = ", ".join(r["name"] for r in rs)
+            nums = "" if outcome == "identical" else " (" + "; ".join(
+                f"{r['name']}: {amt(r)}" for r in rs) + ")"
+            parts.append(f"at {at} {g0} {words[outcome]} {g1}{nums}")
         last = rows[-1]
         costs = []
         lat = last["latency_ratio"]
         if lat is not None:
             r, lo, hi = lat
             d = 3 if abs(r - 1) < 0.01 else 2  # 0.998x, not "1.00x", when it differs
-            costs.append(f"{r:.{d}f}x the latency per token ({int(self.confidence * 100)}% CI "
-                         f"{lo:.{d}f} to {hi:.{d}f}, paired timing)" if lo > 1 or hi < 1 else
-                         "the same latency per token within measurement (paired timing: "
-                         f"{r:.2f}x, {int(self.confidence * 100)}% CI {lo:.2f} to {hi:.2f})")
+            conf = int(self.confidence * 100)
+            costs.append(f"{r:.{d}f}x the latency per token ({conf}% CI {lo:.{d}f} to "
+                         f"{hi:.{d}f}, paired timing)" if lo > 1 or hi < 1 else
+                         f"the same latency per token within measurement (paired timing, "
+                         f"{conf}% CI {lo:.2f}x to {hi:.2f}x)")
         if last["kv_ratio"] is not None:
             costs.append(f"{last['kv_ratio']:.2f}x the KV bytes per token")
         if last["params"] and last["other_params"]:
             costs.append(f"{last['params'] / last['other_params']:.2f}x the unique parameters")
-        sentence = " ".join(parts)
+        sentence = "; ".join(parts)
         if costs:
             sentence += f"; at {last['name']} it needs " + ", ".join(costs) + f" of {g1}"
         for r in every:
-            if r["other_group"] == main or not math.isfinite(r["high"]):
+            if r["other_group"] == main:
                 continue
-            how = ("significantly better than" if r["low"] > 0 else
-                   "significantly worse than" if r["high"] < 0 else "within the CI of")
             at = "FLOPs per token" if r["matched"] == "FLOPs" else "effective depth"
-            sentence += (f"; at equal {at}, {r['setting']} is {how} {r['other']} "
-                         f"({signed(r['diff'], self.scale)} {self.unit}, CI "
-                         f"{signed(r['low'], self.scale)} to {signed(r['high'], self.scale)})")
+            sentence += f"; at equal {at}, {r['setting']} {words[r['outcome']]} {r['other']}"
+            if r["outcome"] != "identical":
+                sentence += f" ({amt(r)})"
         shares = [r for r in rows if r["recovered"] is not None]
         if shares:
             sentence += (f". Measured from {shares[0]['base']}, {g0} recovers "
                          + ", ".join(f"{r['recovered']:.0%} at {r['name']}" for r in shares)
                          + f" of the gain of {g1} at the same effective depth")
+        sentence = sentence[0].upper() + sentence[1:]
         return sentence + "."
+
+    def family_line(self) -> str:
+        """How the report's comparisons were decided, stated once."""
+        from lab.stats.sequential import METHOD
+
+        line = (f"Decisions: {self.design.family.describe()}; a comparison is *better* or "
+                f"*worse* when its one-sided test at half its level rejects no difference, "
+                f"*equivalent* when two one-sided tests (TOST) show it within "
+                f"±{signed(self.min_gain, self.scale).lstrip('+')} {self.unit}, and otherwise "
+                "*not distinguishable at this precision*.")
+        if self.abl.sequential:
+            line += (f" Seeds were added sequentially ({len(self.abl.seeds)} to "
+                     f"{self.abl.seed_max} per setting; {len(self.looks)} look(s)): {METHOD}.")
+        return line
 
     def summary(self) -> dict[str, Any]:
         """The numbers behind the report, as written to summary.json."""
@@ -340,53 +294,27 @@ class StudyAnalysis:
             "direction": self.direction,
             "confidence": self.confidence,
             "interval": "Student t (Welch for differences)",
+            "family": self.design.family.describe(),
             "settings": [
                 {"setting": s.setting, "group": s.group, "axis": s.axis, "n": s.n,
                  "n_pruned": s.n_pruned, "n_failed": s.n_failed, "mean": _finite(s.mean),
                  "std": _finite(s.std), "ci_low": _finite(s.ci_low),
                  "ci_high": _finite(s.ci_high), "values": s.values, "seeds": s.seeds,
-                 "costs": s.costs}
+                 "costs": s.costs, "same_model_as": self.twins.get(s.setting)}
                 for s in self.stats
             ],
+            "comparisons": [
+                {"a": d.comparison.a, "b": d.comparison.b, "key": k,
+                 "improvement": _finite(d.comparison.diff), "p": d.comparison.p,
+                 "outcome": d.outcome, "level": d.level,
+                 "look": self.decided_at.get(k)}
+                for k, d in self.decisions.items()],
             "verdicts": {g: v.sentence for g, v in self.verdicts()},
+            "decided": {g: v.supported for g, v in self.verdicts()},
             "arms": self.arm_sentence(),
             "notes": self.notes,
             "context_costs": self.context_costs,
         }
-
-
-def verdict_sets(groups: list[str], by_group: dict[str, list[SettingStats]]
-                 ) -> list[tuple[str | None, list[SettingStats]]]:
-    """The sets of settings that get a verdict: each arm's completed settings (all of them
-    when none completed), in `groups` order. Arms of one setting each (nested arms down to
-    single settings, as in an ablation of a mechanism's parts) are pooled into one unordered
-    set, named None, compared together, when every arm is a single setting (an arm of one
-    setting beside arms of several is a control, read in the arms table)."""
-    singles = [g for g in groups if len(by_group.get(g, [])) == 1]
-    pool = len(singles) > 1 and len(singles) == len(groups)
-    out: list[tuple[str | None, list[SettingStats]]] = []
-    for g in groups:
-        if pool and g in singles:
-            continue
-        ss = [s for s in by_group.get(g, []) if s.n > 0] or by_group.get(g, [])
-        if ss:
-            out.append((g, ss))
-    if pool:
-        out.append((None, [by_group[g][0] for g in singles]))
-    return out
-
-
-def _flops(s: SettingStats) -> float:
-    return float(s.costs.get("flops_per_token") or 0.0)
-
-
-def _close(a: SettingStats, b: SettingStats, need: bool = False, tol: float = 0.05) -> bool:
-    """FLOPs per token within `tol` of each other; unknown FLOPs count as close unless
-    `need`."""
-    fa, fb = _flops(a), _flops(b)
-    if not fa or not fb:
-        return not need
-    return abs(fa - fb) <= tol * max(fa, fb)
 
 
 def _ratio(a: dict, b: dict, key: str) -> float | None:

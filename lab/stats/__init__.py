@@ -15,23 +15,24 @@ Method (quoted in reports):
   variance the interval is the point itself.
 * Verdicts orient every difference in the direction of improvement (for a minimized
   objective, a decrease counts as positive), so a positive difference is always better.
-  Two settings "differ significantly" when the interval of their difference excludes 0.
-* Marginal gain: the difference from each setting on the ordered axis to the next one.
-* Saturation point: the smallest setting j such that no later setting k > j is better than j
-  by a shown gain, one whose whole confidence interval lies above the minimum gain
-  (low(diff(j, k)) > min_gain). If that is only the last setting, the curve has not levelled
-  off within the range.
-* "Levels off at j" further needs evidence of no worthwhile gain beyond j, an equivalence
-  test: every later setting's improvement over j has its upper confidence bound below
-  min_gain. Where the data neither show a gain nor exclude one, the verdict is
-  "inconclusive", with about how many seeds per setting would decide it at the observed
-  spread: the smallest n whose half-width t(1 - alpha/2, 2n - 2) s sqrt(2/n) falls below
-  |d - min_gain| (s the pooled per-seed standard deviation, d the observed improvement).
-* Best setting: the one with the best mean. Regression: a setting after the best one whose
-  difference to the best lies wholly below -min_gain (a shown loss).
-* Comparisons of unordered settings: a setting wins when its whole interval over the
-  reference clears min_gain; when no pair differs significantly, the settings are called
-  equivalent only if every interval lies within (-min_gain, +min_gain), else inconclusive.
+* Every comparison is a test (lab.stats.family): *better* / *worse* when a one-sided Welch
+  t-test at half the level rejects no difference, *equivalent* when two one-sided tests
+  (TOST) show the difference within +-min_gain, and otherwise *not distinguishable at this
+  precision*. "Matches", "the same" and "levels off" are only ever said of equivalence.
+* One family-wise error rate per report: Holm's step-down procedure over every comparison
+  the report's verdicts and arms table make (lab.stats.design), at alpha = 1 - confidence.
+  With sequential seeds each look tests the family at its alpha spend (lab.stats.sequential).
+* Curve verdicts read the steps of an ordered arm (each setting against the one before):
+  with w the first step shown worse and j the setting after the last step shown better
+  before it, the curve *levels off at j* when every step from j to w is equivalent (and
+  *regresses* at w if there is one), *does not level off* when j is the last setting, and is
+  *inconclusive* while a step between j and w is open. An open verdict says about how many
+  seeds per setting would decide it: the smallest n at which the open comparison's test at
+  the family's first Holm level, alpha / K, has 80% power (noncentral t with the Welch
+  degrees of freedom of equal samples, 2n - 2) at the observed difference and spread.
+* Best setting: the one with the best mean. A comparison of unordered settings with a
+  reference is decided when every setting is shown better, worse or equivalent; a setting
+  *wins* when it is best and a gain of at least min_gain over the reference is shown.
 * Bounded metrics (accuracies): a mean's interval is cut to the metric's range and marked so.
   Settings whose seeds all gave the same value are reported as such, not as a zero-width
   interval. Thresholded outcomes (a run solves the task or not) are also summarized as success

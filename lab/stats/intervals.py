@@ -113,33 +113,6 @@ def fisher_p(k1: int, n1: int, k2: int, n2: int) -> float:
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
 
 
-def seeds_to_decide(a: Values, b: Values, improvement: float, min_gain: float,
-                    confidence: float = 0.95, cap: int = 1000) -> int | None:
-    """About how many seeds per setting would make the interval of an improvement decide
-    between "a gain of at least min_gain" (low > min_gain) and "no worthwhile gain"
-    (high < min_gain), at the spread observed so far.
-
-    The smallest n (more than the seeds there are now) whose interval half-width,
-    t(1 - alpha/2, 2n - 2) * s * sqrt(2 / n) for the pooled per-seed standard deviation s,
-    falls below |improvement - min_gain|. None when the spread is unknown (fewer than 2
-    seeds) or the improvement sits exactly at min_gain; at most `cap`.
-    """
-    xa, xb = _array(a), _array(b)
-    if xa.size < 2 or xb.size < 2 or not math.isfinite(improvement):
-        return None
-    s = math.sqrt((_var(xa) + _var(xb)) / 2)
-    target = abs(improvement - min_gain)  # the half-width that decides either way
-    if target == 0.0:
-        return None
-    n = max(xa.size, xb.size) + 1
-    if s == 0.0:
-        return n
-    q = _two_sided(confidence)
-    while n < cap and t_quantile(q, 2 * n - 2) * s * math.sqrt(2 / n) >= target:
-        n += 1
-    return n
-
-
 def ratio_ci(a: Values, b: Values, confidence: float = 0.95) -> tuple[float, float, float] | None:
     """(ratio, low, high) of paired positive measurements a over b (e.g. latencies timed in
     the same rounds): the geometric mean of the per-pair ratios with a t-interval on their

@@ -37,10 +37,12 @@ DIAGNOSTICS_ATTR = "diagnostics"  # per-loop / per-layer diagnostics
 EXTRAPOLATION_ATTR = "extrapolation"  # {split: {loops: accuracy}}
 ADAPTIVE_ATTR = "adaptive"  # {criterion: [rows]}
 CURVE_ATTR = "curve"  # the learning curve: {"step": [...], metric: [...]} at every validation
+# train.budgets: {fraction: {"steps", "branch_point", "metrics"}} (lab.train.budgets)
+BUDGETS_ATTR = "budgets"
 METRIC_PREFIX = "metric/"  # the final metrics again, flat: "metric/val/acc_token" (dashboard)
 RESULT_ATTRS = ("metrics", "diagnostics", "extrapolation", "adaptive", "plan", "widths",
                 "mlp_hidden", "latency_mode", "run_dir", "wall_time_s", "steps",
-                "resumed_from_step", "curve")
+                "resumed_from_step", "curve", "budgets", "branch_steps")
 
 # Study user attributes.
 FINGERPRINT_ATTR = "lab.fingerprint"
@@ -56,6 +58,16 @@ LATENCY_ATTR = "lab.latency"  # paired latency rounds: {"rounds", "seconds": {se
 # {"lengths", "batches", "rounds", "steps", "settings": {setting: {...}}, "skipped": {setting: why}}
 CONTEXT_ATTR = "lab.context_costs"
 TUNE_OF_ATTR = "lab.tune_of"  # on a tuning study: the main study it tunes for
+# Sequential seeds (seeds: {min, max}): the seeds each setting runs, {setting: [seeds]}, and
+# the looks taken so far, [{"n": seeds per setting of the round, "seeds": {setting: count}}].
+SEED_PLAN_ATTR = "lab.seed_plan"
+LOOKS_ATTR = "lab.looks"
+# On a tuning study: grid points added beyond the ablation's grid (the best point was at an
+# edge), [{key: value}, ...].
+TUNE_EXTRA_ATTR = "lab.tune_extra"
+# The headline comparison at one learning rate (lab.study.recheck): on the recheck study its
+# plan {setting, label, reference, point, seeds}; on the main study the plan with "values".
+RECHECK_ATTR = "lab.recheck"
 
 # Seeds are suggested as an integer over this range (grid studies), so that asking for more
 # seeds later keeps the distribution compatible; studies made before stored a categorical.

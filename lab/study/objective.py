@@ -12,6 +12,7 @@ from lab.errors import LabError
 from lab.provenance import git_info
 from lab.study.attrs import (
     AXIS_ATTR,
+    BUDGETS_ATTR,
     CONFIG_ERROR,
     CORRUPT_CHECKPOINT,
     CURVE_ATTR,
@@ -39,6 +40,7 @@ from lab.study.attrs import (
 )
 from lab.study.hparams import hparam_domain, trial_hparams
 from lab.study.queue import worker_identity
+from lab.study.recheck import RECHECK_GROUP
 from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
 from lab.study.tune import TUNE_GROUP, point_label, tune_objective_key, tuned_params
@@ -198,8 +200,11 @@ def pruning_callback(trial, monitor: str, prune: bool = True):
     return StepPruning(trial, monitor=monitor)
 
 def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
-                   tune_setting: Setting | None = None, seed_choices: list | None = None):
-    """The objective of the measured trials, or of one setting's tuning trials."""
+                   tune_setting: Setting | None = None, seed_choices: list | None = None,
+                   recheck: bool = False):
+    """The objective of the measured trials, of one setting's tuning trials, or (recheck) of
+    a setting measured again at another setting's learning rate (lab.study.recheck): the
+    tuning machinery's point, the measured seeds, validation split and full budget."""
     import optuna
 
     domain = hparam_domain(abl)
@@ -249,6 +254,10 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
             name, objective_key = f"{abl.study}-tune", tune_objective_key(abl.objective)
             splits = ("tune",)
             steps = max(1, round(abl.tune.budget * abl.config().train.steps))
+            if recheck:
+                group, name = RECHECK_GROUP, f"{abl.study}-recheck"
+                objective_key, splits = abl.objective, EVAL_SPLITS
+                steps = abl.config().train.steps
         trial.set_user_attr(SETTING_ATTR, label)
         trial.set_user_attr(GROUP_ATTR, group)
         if axis is not None:
@@ -261,8 +270,9 @@ def make_objective(abl: Ablation, threads: int, runs_dir: str, release=None,
         cfg.train.threads = threads
         cfg.train.progress = False
         cfg.resume = retry
-        if steps is not None:  # tuning: its budget, no cost pass or diagnostics
+        if steps is not None:  # tuning: its budget, no cost pass, diagnostics or branches
             cfg.train.steps = steps
+            cfg.train.budgets = None
             cfg.eval.cost = cfg.eval.diagnostics = False
         trial.set_user_attr(GIT_ATTR, git_info())
         trial.set_user_attr(THREADS_ATTR, threads)
@@ -322,6 +332,11 @@ def record(res) -> dict[str, Any]:
         RUNTIME_ATTR: res.runtime,
         CURVE_ATTR: curve_columns(res.curve),
     })
+    if res.budgets:
+        out[BUDGETS_ATTR] = clean(res.budgets)
+        # Training steps of the decayed branches (lab.train.budgets), beyond the run's own.
+        out["branch_steps"] = sum(b["steps"] - b["branch_point"] for b in res.budgets.values()
+                                  if b.get("branch_point") is not None)
     return out
 
 

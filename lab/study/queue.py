@@ -26,6 +26,7 @@ from lab.study.attrs import (
     INTERRUPTED,
     PAIR_ATTR,
     QUEUED_ATTR,
+    SEED_PLAN_ATTR,
     SETTING_ATTR,
     WORKER_ATTR,
     final_pairs,
@@ -93,16 +94,33 @@ def reclaim_dead_local_trials(study, storage) -> list[int]:
 QueueItem = tuple[str, str, dict[str, Any], int]
 
 
-def pair_items(abl: Ablation) -> list[QueueItem]:
-    """The measured (setting, seed) pairs of a grid ablation."""
-    return [(s.label, s.group, s.params, seed) for s, seed in abl.pairs()]
+def seed_plan(abl: Ablation, study=None) -> dict[str, list[int]]:
+    """The seeds each setting runs: the ablation's seeds, or with sequential seeds the plan
+    the sweep keeps on the study (each setting's first round, plus the seeds added since).
+    Twins are left out: their owner's trials stand for them."""
+    tw = abl.twins()
+    plan = {s.label: list(abl.seeds) for s in abl.settings() if s.label not in tw}
+    if abl.sequential and study is not None:
+        stored = study.user_attrs.get(SEED_PLAN_ATTR) or {}
+        for label, seeds in stored.items():
+            if label in plan:
+                plan[label] = sorted(set(plan[label]) | set(seeds))
+    return plan
+
+
+def pair_items(abl: Ablation, study=None) -> list[QueueItem]:
+    """The measured (setting, seed) pairs of a grid ablation (see seed_plan)."""
+    plan = seed_plan(abl, study)
+    return [(s.label, s.group, s.params, seed) for s in abl.settings() if s.label in plan
+            for seed in plan[s.label]]
 
 
 def queue_missing(study, abl_or_items: Ablation | list[QueueItem]) -> tuple[int, int]:
     """Enqueue every pair not done, queued or running. Returns (done, queued)."""
     from optuna.trial import TrialState
 
-    items = pair_items(abl_or_items) if isinstance(abl_or_items, Ablation) else abl_or_items
+    items = (pair_items(abl_or_items, study) if isinstance(abl_or_items, Ablation)
+             else abl_or_items)
     trials = study.get_trials(deepcopy=False)
     done = set(final_pairs(trials))
     pending = {trial_pair(t) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
@@ -150,9 +168,10 @@ def has_work(study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def count_done(trials, abl_or_items: Ablation | list[QueueItem]) -> int:
+def count_done(trials, abl_or_items: Ablation | list[QueueItem], study=None) -> int:
     if isinstance(abl_or_items, Ablation) and abl_or_items.sampler != "grid":
         return sum(1 for t in trials if t.state.name in ("COMPLETE", "PRUNED"))
-    items = pair_items(abl_or_items) if isinstance(abl_or_items, Ablation) else abl_or_items
+    items = (pair_items(abl_or_items, study) if isinstance(abl_or_items, Ablation)
+             else abl_or_items)
     wanted = {pair_key(pair_params(p, seed)) for _, _, p, seed in items}
     return len(set(final_pairs(trials)) & wanted)

@@ -43,17 +43,12 @@ from lab.study.objective import ignore_stop_signals
 from lab.study.queue import (
     count_done,
     has_work,
+    pair_items,
     queue_missing,
     reclaim_and_requeue,
     reclaim_dead_local_trials,
 )
-from lab.study.schedule import (
-    WorkerPlan,
-    check_runtime,
-    check_sweep,
-    check_workers,
-    plan_workers,
-)
+from lab.study.schedule import WorkerPlan, check_runtime, check_sweep, check_workers, plan_workers
 from lab.study.spec import ADDED_IDENTITY_KEYS, Ablation, load_ablation
 from lab.study.storage import (
     PARENT_ENV,
@@ -63,7 +58,14 @@ from lab.study.storage import (
     redact_url,
     storage_errors,
 )
-from lab.study.tune import freeze_choices, open_tune_study, tune_items
+from lab.study.tune import (
+    extend_edges,
+    freeze_choices,
+    open_tune_study,
+    setting_points,
+    tune_items,
+    tuned_settings,
+)
 from lab.train.run import task_record
 
 
@@ -113,6 +115,15 @@ def create_or_load_study(abl: Ablation, storage=None):
         check_seeds(study, abl)
     elif old != fp:
         prev = stored_identity(study)
+        recipe = recipe_change(prev, ident)
+        if recipe:
+            then = " ".join(f"{k}={json.dumps(v)}" for k, v in recipe.items())
+            raise LabError(
+                f"study '{abl.study}' in {redact_url(abl.storage)} was made with the earlier model "
+                f"recipe ({then}); this run uses the current one (rotary positions, tied "
+                f"embeddings), so it is a new study: start it with study=<new-name> (e.g. "
+                f"study={abl.study}-rope), or report and resume the old one with its recipe "
+                f"(add the overrides {then}).")
         raise LabError(
             f"study '{abl.study}' in {redact_url(abl.storage)} was created with a different "
             f"{first_difference(prev, ident)}. Resuming would mix incomparable trials. Start a new "
@@ -127,6 +138,20 @@ def create_or_load_study(abl: Ablation, storage=None):
             meta["seeds"] = sorted(set(meta.get("seeds", [])) | set(abl.seeds))
             study.set_user_attr(ABLATION_ATTR, meta)
     return study
+
+RECIPE_KEYS = ("model.positions", "model.tie_embeddings")
+
+
+def recipe_change(prev: dict, ident: dict) -> dict:
+    """{key: the value the study ran with} when the two identities differ in the model
+    recipe (positions, tied embeddings) and in nothing else; else {}."""
+    fa, fb = flatten(prev), flatten(ident)
+    diff = {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)}
+    keys = {f"base.{k}" for k in RECIPE_KEYS}
+    if not diff or not diff <= keys:
+        return {}
+    return {k.split(".", 1)[1]: fa.get(k) for k in sorted(diff)}
+
 
 def stored_identity(study) -> dict:
     """The study's stored identity; for a study made when fewer keys were in the identity,
@@ -188,13 +213,6 @@ def load_existing_study(abl: Ablation):
             + f". Run it first: lab sweep {abl.path}."
         ) from None
 
-def default_workers(abl: Ablation, requested: int | None, threads: int = 1) -> int:
-    """Workers asked for, else the ablation's, else the machine's default (one per
-    `threads` cores on a CPU, one per GPU slot on a GPU machine: lab.study.schedule)."""
-    cfg = abl.config()
-    cfg = replace(cfg, train=replace(cfg.train, threads=threads))
-    return plan_workers(cfg, requested, abl.workers).n
-
 def run_sweep(path: str, overrides: list[str] | None = None, workers: int | None = None) -> int:
     """Run (or resume) a study: its tuning phase if it has one, then the measured trials.
     SIGTERM stops it like Ctrl-C, workers included."""
@@ -232,23 +250,36 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
-    # What this machine cannot run is refused before the study or any worker exists.
-    plan = plan_workers(abl.config(), check_workers(workers, "--workers"), abl.workers)
-    check_sweep(abl, plan)
+    # What this machine cannot run is refused before the study or any worker exists; every
+    # phase then starts its workers by this plan.
+    workers = plan_workers(abl.config(), check_workers(workers, "--workers"), abl.workers)
+    check_sweep(abl, workers)
     storage = open_storage(abl.storage)
     study = create_or_load_study(abl, storage)
     check_runtime(study, abl.config())
     # The storage URL (it may hold a password) reaches workers by environment, never argv.
     argv = [str(abl.path), *(o for o in overrides or [] if not o.startswith("storage="))]
     if abl.tune is not None:
-        tuning = [(open_tune_study(abl, s, storage), tune_items(abl)) for s in abl.settings()]
-        points = len(abl.tune.grid())
-        shape = (f"{len(tuning)} settings x {points} points x {len(abl.tune.seeds)} tuning "
-                 f"seed(s), {abl.tune.budget:g}x the steps, pruner {abl.tune.pruner}")
-        rc = run_phase(console, abl, storage, f"{abl.study} (tuning)", shape, tuning,
-                       [*argv, "--phase", "tune"], plan, received)
-        if rc not in (0, 1):
-            return rc
+        rounds = 0
+        while True:
+            tuning = [(st, tune_items(abl, s, st)) for s in tuned_settings(abl)
+                      for st in [open_tune_study(abl, s, storage)]]
+            points = max(len(setting_points(abl, s, st)) for s, (st, _) in
+                         zip(tuned_settings(abl), tuning, strict=True))
+            shape = (f"{len(tuning)} settings x up to {points} points x {len(abl.tune.seeds)} "
+                     f"tuning seed(s), {abl.tune.budget:g}x the steps"
+                     + (", one learning rate per arm" if abl.tune.share == "arm" else ""))
+            title = f"{abl.study} (tuning)" if not rounds else f"{abl.study} (tuning, grid grown)"
+            rc = run_phase(console, abl, storage, title, shape, tuning,
+                           [*argv, "--phase", "tune"], workers, received)
+            if rc not in (0, 1):
+                return rc
+            rounds += 1
+            grown = extend_edges(abl, storage) if rc == 0 else 0
+            if not grown:
+                break
+            console.print(f"  {grown} tuning point(s) added where the best point was at the "
+                          "edge of its grid", highlight=False)
         tuned = freeze_choices(abl, study, storage)
         for label, t in tuned.items():
             chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -260,8 +291,27 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
             return 1
     shape = (f"{len(abl.settings())} settings x {len(abl.seeds)} seeds" if abl.sampler == "grid"
              else f"sampled by {abl.sampler}")
-    rc = run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, plan,
+    if abl.twins():
+        shape += (f"; {len(abl.twins())} setting(s) are the same model as another and share its "
+                  "trials (" + ", ".join(f"{escape(t)} = {escape(o)}"
+                                         for t, o in abl.twins().items()) + ")")
+    rc = run_phase(console, abl, storage, abl.study, shape, [(study, None)], argv, workers,
                    received)
+    if rc:
+        return rc
+    while abl.sequential:
+        from lab.study.seeding import next_round
+
+        grow = next_round(abl, study)
+        if not grow:
+            break
+        console.print(f"[bold]sequential seeds[/bold]: {len(grow)} setting(s) with an open "
+                      f"comparison get one more seed: " + escape(", ".join(grow)), highlight=False)
+        rc = run_phase(console, abl, storage, abl.study, "next round", [(study, None)], argv,
+                       workers, received)
+        if rc:
+            return rc
+    rc = recheck_phase(console, abl, storage, study, argv, workers, received)
     if rc:
         return rc
     failed = failed_for_good(study, abl)
@@ -275,8 +325,37 @@ def sweep(abl: Ablation, overrides: list[str] | None, workers: int | None,
     return 0
 
 
+def recheck_phase(console, abl: Ablation, storage, study, argv: list[str], workers: WorkerPlan,
+                  received: list[int]) -> int:
+    """The primary arm's best setting again at its reference's learning rate
+    (lab.study.recheck), when settings were tuned one by one."""
+    from lab.study.recheck import (
+        RECHECK_ATTR,
+        open_recheck_study,
+        plan_recheck,
+        recheck_items,
+        record_recheck,
+    )
+
+    if abl.tune is None or abl.sampler != "grid":
+        return 0
+    stored = study.user_attrs.get(RECHECK_ATTR)
+    plan = ({k: v for k, v in stored.items() if k != "values"} if stored else
+            plan_recheck(abl, study))
+    if plan is None:
+        return 0
+    rstudy = open_recheck_study(abl, storage, plan)
+    shape = (f"{plan['label']} at the learning rate of {plan['reference']} "
+             f"({plan['point']}), {len(plan['seeds'])} seeds")
+    rc = run_phase(console, abl, storage, f"{abl.study} (one common learning rate)", shape,
+                   [(rstudy, recheck_items(plan))], [*argv, "--phase", "recheck"], workers,
+                   received)
+    record_recheck(study, rstudy)
+    return rc
+
+
 def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: list[tuple],
-              argv: list[str], plan: WorkerPlan, received: list[int]) -> int:
+              argv: list[str], workers: WorkerPlan, received: list[int]) -> int:
     """Queue what is missing in `studies` ((study, items); items None = the ablation's
     pairs), start workers, show progress until they finish. Returns an exit code."""
     from rich.progress import (
@@ -298,17 +377,18 @@ def run_phase(console, abl: Ablation, storage, title: str, shape: str, studies: 
                 queue_missing(st, work(items))
 
     def n_done() -> int:
-        return sum(count_done(st.get_trials(deepcopy=False), work(items)) for st, items in studies)
+        return sum(count_done(st.get_trials(deepcopy=False), work(items), st)
+                   for st, items in studies)
 
     total = sum(len(items) if items is not None else
-                (len(abl.pairs()) if abl.sampler == "grid" else abl.n_trials)
-                for _, items in studies)
+                (len(pair_items(abl, st)) if abl.sampler == "grid" else abl.n_trials)
+                for st, items in studies)
     done = n_done()
-    threads = plan.threads  # train.threads (default 1), as the config says
-    n_workers = plan.n
+    threads = workers.threads  # train.threads (default 1), as the config says
+    n_workers = workers.n
     if abl.sampler == "grid":
         n_workers = min(n_workers, max(1, total - done))
-    plan = replace(plan, n=n_workers)
+    plan = replace(workers, n=n_workers)
     console.print(
         f"[bold]{escape(title)}[/bold]: {total} trials ({escape(shape)}), {done} already done; "
         f"{escape(plan.describe())}; storage {escape(redact_url(abl.storage))}"
@@ -384,10 +464,10 @@ def failed_for_good(study, abl: Ablation) -> list[tuple[str, int, str]]:
         return []
     final = final_pairs(study.get_trials(deepcopy=False))
     out = []
-    for setting, seed in abl.pairs():
-        reason = final.get(pair_key(pair_params(setting.params, seed)))
+    for label, _, params, seed in pair_items(abl, study):
+        reason = final.get(pair_key(pair_params(params, seed)))
         if reason is not None and not reason.startswith(FINAL_FAILURES):
-            out.append((setting.label, seed, reason))
+            out.append((label, seed, reason))
     return out
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lab.errors import LabError
 from lab.study.attrs import PROVENANCE_ATTR, RUNTIME_ATTR
@@ -118,6 +118,14 @@ def plan_workers(cfg, requested: int | None, file_workers: int | None = None) ->
             f"{capacity} or fewer, or pack more trials on each GPU with "
             f"train.trials_per_gpu={-(-n // max(slots, 1))} if they fit its memory.")
     return WorkerPlan(n or capacity, t.threads, gpus, t.devices, t.trials_per_gpu)
+
+
+def default_workers(abl, requested: int | None, threads: int = 1) -> int:
+    """Workers asked for, else the ablation's, else the machine's default for `threads`
+    threads per worker (one per `threads` cores on a CPU, one per GPU slot on a GPU)."""
+    cfg = abl.config()
+    return plan_workers(replace(cfg, train=replace(cfg.train, threads=threads)), requested,
+                        abl.workers).n
 
 
 def check_sweep(abl, workers: WorkerPlan) -> None:

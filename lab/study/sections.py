@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -103,11 +104,15 @@ class TuneSpec:
     """The ``tune:`` section: hyperparameters tuned per setting before the measured seeds run.
 
     Every setting gets its own small grid search over `space` (each range gets `points`
-    values, log-spaced where log: true) on the tuning `seeds` (disjoint from the measured
-    ones), scored on the task's "tune" split (never the reported validation split), at
-    `budget` times the training steps; `pruner` stops losing points early (successive
-    halving on the tuning objective at every validation). The measured seeds then run at the
-    best point of their setting.
+    values, log-spaced where log: true; a log range must have at least 5 points at most 2x
+    apart) on the tuning `seeds` (disjoint from the measured ones), scored on the task's
+    "tune" split (never the reported validation split), at `budget` times the training steps.
+    No point is pruned before it is compared with its neighbours (`pruner: none`; only a run
+    that diverges stops early). The learning rate chosen is the vertex of a quadratic fit in
+    log lr around the best point (lab.stats.lrfit); a best point at the grid's edge extends
+    the grid on that side by one step, at most `extend` times per side. `share: arm` tunes one
+    learning rate per arm (its settings run alternate grid points, and one parabola with an
+    offset per setting is fitted to all of them): about half the tuning trials.
     """
 
     space: tuple  # parsed entries (Choice / Range)
@@ -115,11 +120,28 @@ class TuneSpec:
     points: int = 5
     seeds: list[int] = field(default_factory=lambda: [100])
     budget: float = 1.0
-    pruner: str = "successive_halving"
+    pruner: str = "none"
+    share: str = "setting"  # "setting" | "arm"
+    extend: int = 2
 
     @property
     def keys(self) -> list[str]:
         return [e.key for e in self.space]
+
+    @property
+    def lr_range(self) -> Range | None:
+        """The log-scaled range the vertex fit applies to (train.lr), if tuned."""
+        for e in self.space:
+            if isinstance(e, Range) and e.log and e.key == "train.lr":
+                return e
+        return None
+
+    def step(self) -> float:
+        """The grid's ratio between neighbouring learning rates (1.0 without a log range)."""
+        r = self.lr_range
+        if r is None:
+            return 1.0
+        return (r.high / r.low) ** (1 / (max(2, self.points) - 1))
 
     def grid(self) -> list[dict[str, Any]]:
         """Every point of the tuning grid."""
@@ -141,11 +163,18 @@ class TuneSpec:
         return out
 
     def spec(self) -> dict[str, Any]:
-        return {"space": self.space_spec, "points": self.points, "seeds": self.seeds,
-                "budget": self.budget, "pruner": self.pruner}
+        out = {"space": self.space_spec, "points": self.points, "seeds": self.seeds,
+               "budget": self.budget, "pruner": self.pruner}
+        # Keys added later are in the identity only when they differ from their default.
+        if self.share != "setting":
+            out["share"] = self.share
+        if self.extend != 2:
+            out["extend"] = self.extend
+        return out
 
 
-TUNE_KEYS = {"space", "points", "seeds", "budget", "pruner"}
+TUNE_KEYS = {"space", "points", "seeds", "budget", "pruner", "share", "extend"}
+MAX_STEP = 2.0  # the largest ratio between neighbouring learning rates of a tuning grid
 
 
 def parse_tune(raw: Any, seeds: list[int], where: str) -> TuneSpec | None:
@@ -180,8 +209,25 @@ def parse_tune(raw: Any, seeds: list[int], where: str) -> TuneSpec | None:
     if not isinstance(budget, int | float) or not 0 < budget <= 1:
         raise LabError(f"ablation '{where}': tune.budget is a fraction of train.steps in (0, 1], "
                        f"got {budget!r}.")
-    pruner = str(raw.get("pruner", "successive_halving"))
+    pruner = str(raw.get("pruner", "none"))
     if pruner not in ("none", "successive_halving"):
         raise LabError(f"ablation '{where}': tune.pruner must be none or successive_halving, "
                        f"got {pruner!r}.")
-    return TuneSpec(space, raw["space"], points, tseeds, float(budget), pruner)
+    share = str(raw.get("share", "setting"))
+    if share not in ("setting", "arm"):
+        raise LabError(f"ablation '{where}': tune.share must be setting (one value per setting) "
+                       f"or arm (one per arm, from a pooled fit), got {share!r}.")
+    extend = raw.get("extend", 2)
+    if not isinstance(extend, int) or isinstance(extend, bool) or not 0 <= extend <= 5:
+        raise LabError(f"ablation '{where}': tune.extend is how many grid steps a best point at "
+                       f"the edge may add on its side, 0 to 5; got {extend!r}.")
+    spec = TuneSpec(space, raw["space"], points, tseeds, float(budget), pruner, share, extend)
+    r = spec.lr_range
+    if r is not None and (points < 5 or spec.step() > MAX_STEP * (1 + 1e-9)):
+        need = max(5, 1 + math.ceil(math.log(r.high / r.low) / math.log(MAX_STEP) - 1e-9))
+        raise LabError(
+            f"ablation '{where}': tune.points={points} over train.lr [{r.low:g}, {r.high:g}] "
+            f"gives {points} rates {spec.step():.2f}x apart; a learning rate is bracketed only "
+            f"with at least 5 rates at most {MAX_STEP:g}x apart: use tune.points: {need} (or "
+            "a narrower range).")
+    return spec

@@ -82,6 +82,10 @@ ADDED_IDENTITY_KEYS = {
     "train.precision": "auto",
     "train.decay_fraction": 0.2,  # the wsd schedule's decay (unused by cosine and constant)
     "eval.solve_threshold": 0.95,  # per-difficulty summaries
+    # The recipe before rotary positions and tied embeddings: studies made then ran with a
+    # learned positional table and an untied head, and their identity says so.
+    "model.positions": "learned", "model.rope_base": 10000.0, "model.tie_embeddings": False,
+    "train.budgets": None,
 }
 
 
@@ -113,6 +117,11 @@ class Ablation:
     analysis: dict[str, Any] = field(default_factory=dict)  # the keys given (AnalysisSpec)
     tune: TuneSpec | None = None
     trial_timeout: float | None = None  # seconds; a longer trial fails with reason timeout
+    # Sequential seeds (seeds: {min, max}): `seeds` are the first round, and a setting whose
+    # comparisons are still open gets the next seed of `seed_pool` after each round
+    # (lab.stats.sequential); None for a fixed list of seeds.
+    seed_max: int | None = None
+    _twins: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- configs
     def config(self, params: dict[str, Any] | None = None, seed: int | None = None) -> LabConfig:
@@ -171,7 +180,29 @@ class Ablation:
         return AnalysisSpec(**opts)
 
     def pairs(self) -> list[tuple[Setting, int]]:
-        return [(s, seed) for s in self.settings() for seed in self.seeds]
+        """Every (setting, seed) of the first round; settings that repeat an earlier one
+        (twins) are left out: their owner's trials stand for them."""
+        tw = self.twins()
+        return [(s, seed) for s in self.settings() if s.label not in tw for seed in self.seeds]
+
+    @property
+    def sequential(self) -> bool:
+        return self.seed_max is not None
+
+    @property
+    def seed_pool(self) -> list[int]:
+        """Every seed a setting may run: the fixed list, or the first seed_max sequential ones."""
+        if self.seed_max is None:
+            return list(self.seeds)
+        return list(range(self.seeds[0], self.seeds[0] + self.seed_max))
+
+    def twins(self) -> dict[str, str]:
+        """{setting: the earlier setting that is the same model} (lab.study.twins), cached."""
+        if self._twins is None:
+            from lab.study.twins import twins
+
+            self._twins = twins(self)
+        return self._twins
 
     def fingerprint(self) -> tuple[str, dict]:
         """What must not change within one study: base config, space, objective."""
@@ -254,6 +285,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         raise LabError(f"ablation '{path}' has no 'space': name at least one config key to vary.")
     space = parse_space(raw["space"])
     seeds = raw.get("seeds", [0])
+    seeds, seed_max = parse_seeds(seeds, path)
     if isinstance(seeds, int):
         seeds = list(range(seeds))
     if not isinstance(seeds, list) or not seeds or not all(
@@ -303,12 +335,33 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
         pruner=None if pruner in (None, "none") else pruner, storage=storage, study=study,
         workers=workers, analysis=parse_analysis(raw.get("analysis"), str(path)),
         tune=parse_tune(raw.get("tune"), seeds, str(path)),
-        trial_timeout=trial_timeout,
+        trial_timeout=trial_timeout, seed_max=seed_max,
     )
     if abl.tune is not None and abl.sampler != "grid":
         raise LabError(f"ablation '{path}': tune needs sampler: grid (settings x seeds).")
     check_space_keys(abl)
     return abl
+
+SEED_KEYS = {"min", "max", "start"}
+
+
+def parse_seeds(raw: Any, path) -> tuple[Any, int | None]:
+    """`seeds`: a list, a count, or {min, max, start} (sequential: the first `min` seeds from
+    `start`, then one more per round where a verdict is open, up to `max`)."""
+    if not isinstance(raw, dict):
+        return raw, None
+    unknown = sorted(set(raw) - SEED_KEYS)
+    if unknown:
+        raise LabError(f"ablation '{path}': unknown key 'seeds.{unknown[0]}'; sequential seeds "
+                       "take min, max and start, e.g. seeds: {min: 3, max: 12}.")
+    lo, hi, start = raw.get("min"), raw.get("max"), raw.get("start", 0)
+    ok = all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi, start))
+    if not ok or not 2 <= lo <= hi or start < SEED_LOW or start + hi - 1 > SEED_HIGH:
+        raise LabError(f"ablation '{path}': seeds: {{min, max}} must be integers with "
+                       f"2 <= min <= max (and start >= 0), e.g. seeds: {{min: 3, max: 12}}; "
+                       f"got {raw!r}.")
+    return list(range(start, start + lo)), hi
+
 
 def _nest(d: dict) -> dict:
     out: dict = {}

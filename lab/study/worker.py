@@ -32,7 +32,7 @@ from lab.study.storage import (
     quiet_optuna,
     trial_id,
 )
-from lab.study.tune import open_tune_study, tune_items
+from lab.study.tune import open_tune_study, tune_items, tuned_settings
 from lab.train import quiet_lightning
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -105,7 +105,7 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("ablation")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--phase", choices=("tune", "measure"), default="measure")
+    ap.add_argument("--phase", choices=("tune", "measure", "recheck"), default="measure")
     ap.add_argument("overrides", nargs="*")
     args, extra = ap.parse_known_args(argv)
     args.overrides = [*args.overrides, *extra]
@@ -149,10 +149,23 @@ def work(args) -> int:
 
     seeds = stored_seed_choices(study.get_trials(deepcopy=False))
     if args.phase == "tune":
-        drain([(open_tune_study(abl, setting, storage), tune_items(abl),
+        drain([(st, tune_items(abl, setting, st),
                 make_objective(abl, args.threads, args.runs, release=release,
                                tune_setting=setting))
-               for setting in abl.settings()], storage, abl, acquire, release)
+               for setting in tuned_settings(abl)
+               for st in [open_tune_study(abl, setting, storage)]], storage, abl, acquire, release)
+        return 0
+    if args.phase == "recheck":
+        from lab.study.recheck import RECHECK_ATTR, open_recheck_study, recheck_items
+
+        rstudy = open_recheck_study(abl, storage)
+        plan = rstudy.user_attrs.get(RECHECK_ATTR)
+        if plan:
+            setting = next(s for s in abl.settings() if s.label == plan["setting"])
+            drain([(rstudy, recheck_items(plan),
+                    make_objective(abl, args.threads, args.runs, release=release,
+                                   tune_setting=setting, recheck=True))],
+                  storage, abl, acquire, release)
         return 0
     objective = make_objective(abl, args.threads, args.runs, release=release, seed_choices=seeds)
     if abl.sampler == "tpe":

@@ -76,6 +76,17 @@ class LabModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("lab_history", []))
 
+    def on_train_start(self) -> None:
+        # Set each group's learning rate from this run's schedule at the step it starts from.
+        # A no-op for a new run or an ordinary resume; a budget branch (lab.train.budgets)
+        # resumes a longer run's checkpoint, whose optimizer holds that run's rate.
+        sched = self.lr_schedulers()
+        if sched is None:
+            return
+        for group, base, f in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas,
+                                  strict=True):
+            group["lr"] = base * f(sched.last_epoch)
+
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.parameters(), self.cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
-from lab.config import LabConfig
+from lab.config import LabConfig, decay_start
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: LabConfig):
@@ -39,10 +39,10 @@ def lr_lambda(cfg: LabConfig):
         if t.schedule == "constant":
             return 1.0
         if t.schedule == "wsd":
-            decay_start = t.steps - max(1, round(t.decay_fraction * t.steps))
-            if step < decay_start:
+            start = decay_start(t.steps, t.decay_fraction)
+            if step < start:
                 return 1.0
-            progress = min(1.0, (step - decay_start + 1) / max(1, t.steps - decay_start))
+            progress = min(1.0, (step - start + 1) / max(1, t.steps - start))
             return 1.0 - (1 - t.min_lr_ratio) * progress
         progress = min(1.0, (step - t.warmup) / max(1, t.steps - t.warmup))
         return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -25,6 +25,15 @@ from lab.eval.device import autocast
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
 from lab.tasks import describe, has_difficulty
+from lab.train.budgets import (
+    BranchPoints,
+    branch_checkpoint,
+    branches,
+    budget_config,
+    budget_key,
+    load_done,
+    save_done,
+)
 from lab.train.data import EVAL_SPLITS, TaskData
 from lab.train.machine import check_machine, resolve_precision
 from lab.train.module import Diverged, LabModule, Throughput
@@ -48,6 +57,7 @@ def quiet_lightning() -> None:
         ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
         ".*is an invalid version and will not be supported.*",
         ".*Found .* module\\(s\\) in eval mode at the start of training.*",
+        ".*callbacks used to create the checkpoint need to be provided.*",
         # Several devices: LabModule adds up every process's validation counts itself.
         ".*sync_dist=True.*when logging on epoch level in distributed setting.*",
     ):
@@ -70,6 +80,9 @@ class RunResult:
     plan: dict[str, Any] = field(default_factory=dict)
     # Metrics at every validation step: [{"step": s, "val/acc_token": ..., ...}, ...].
     curve: list[dict[str, float]] = field(default_factory=list)
+    # train.budgets: {fraction: {"steps", "branch_point", "metrics"}}, the full budget included
+    # (lab.train.budgets); empty without budgets.
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
     # How it ran: device, precision actually used, devices, torch.compile, fused AdamW.
     runtime: dict[str, Any] = field(default_factory=dict)
 
@@ -234,29 +247,13 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
         dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True, save_top_k=0,
         every_n_train_steps=t.ckpt_every or None, auto_insert_metric_name=False,
     ))
+    if branches(cfg):
+        cbs.append(BranchPoints(cfg, run_dir))
     show = t.progress if progress is None else progress
     if show:
         cbs.append(StepProgressBar(refresh_rate=max(1, t.log_every // 5), leave=True))
     precision = resolve_precision(t)
-    trainer = pl.Trainer(
-        max_steps=t.steps,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        precision=precision,
-        use_distributed_sampler=False,  # TaskData shards every split itself, without padding
-        deterministic=t.deterministic,
-        logger=logger,
-        callbacks=cbs,
-        val_check_interval=t.val_every,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every,
-        gradient_clip_val=t.grad_clip or None,
-        enable_progress_bar=show,
-        enable_model_summary=False,
-        benchmark=False,
-    )
+    trainer = make_trainer(cfg, logger, cbs, show)
     result = RunResult(status="ok", run_dir=str(run_dir), config=to_dict(cfg),
                        plan=plan_record(plan, cfg))
     t0 = time.perf_counter()
@@ -275,6 +272,12 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
         result.metrics = dict(module.final)
         if not all(math.isfinite(v) for k, v in result.metrics.items() if k.endswith("loss")):
             result.status, result.reason = "diverged", "validation loss is not finite"
+    if result.status == "ok" and cfg.train.budgets:
+        result.budgets = train_budgets(cfg, task, plan, run_dir, eval_splits, result)
+        for b in result.budgets.values():
+            for k, v in b["metrics"].items():  # TensorBoard: each budget's metrics at its step
+                if isinstance(v, int | float) and not k.startswith("diag/"):
+                    logger.experiment.add_scalar(f"budget/{k}", v, global_step=b["steps"])
     device = trainer.strategy.root_device
     opt = trainer.optimizers[0] if trainer.optimizers else None
     result.runtime = {"device": device.type, "devices": trainer.num_devices,
@@ -301,6 +304,58 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
                        step=trainer.global_step, domain=hparam_domain, status=result.status)
     (run_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
     return result
+
+
+def make_trainer(cfg: LabConfig, logger, callbacks: list[Callback], show: bool) -> pl.Trainer:
+    t = cfg.train
+    return pl.Trainer(
+        max_steps=t.steps,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        precision=resolve_precision(t),
+        use_distributed_sampler=False,  # TaskData shards every split itself, without padding
+        deterministic=t.deterministic,
+        logger=logger,
+        callbacks=callbacks,
+        val_check_interval=t.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every,
+        gradient_clip_val=t.grad_clip or None,
+        enable_progress_bar=show,
+        enable_model_summary=False,
+        benchmark=False,
+    )
+
+
+def train_budgets(cfg: LabConfig, task, plan: StackPlan, run_dir: Path,
+                  eval_splits: tuple[str, ...], result: RunResult) -> dict[str, dict[str, Any]]:
+    """Train and evaluate the branch of every budget below the full one (lab.train.budgets),
+    each resumed from its branch point; a branch already done (a retried trial) is kept."""
+    done = load_done(run_dir)
+    for fraction, steps, point in branches(cfg):
+        key = budget_key(fraction)
+        if key in done:
+            continue
+        bcfg = budget_config(cfg, steps)
+        pl.seed_everything(bcfg.seed, workers=True, verbose=False)
+        module = LabModule(bcfg, task, plan, eval_splits)
+        if bcfg.train.compile:
+            module.model.compile_blocks()
+        data = TaskData(task, bcfg, eval_splits)
+        trainer = make_trainer(bcfg, False, [], False)
+        trainer.fit(module, datamodule=data, ckpt_path=branch_checkpoint(run_dir, steps),
+                    weights_only=True)
+        if trainer.global_step % bcfg.train.val_every or not module.final:
+            trainer.validate(module, datamodule=data, verbose=False)
+        done[key] = {"steps": steps, "branch_point": point,
+                     "metrics": {k: v for k, v in module.final.items() if not k.startswith("diag/")}}
+        save_done(run_dir, done)
+    done[budget_key(1.0)] = {"steps": cfg.train.steps, "branch_point": None,
+                             "metrics": {k: v for k, v in result.metrics.items()
+                                         if not k.startswith("diag/")}}
+    return dict(sorted(done.items(), key=lambda kv: kv[1]["steps"]))
 
 
 def _log_extrapolation(logger: RunLogger, curves: dict[str, dict[int, float]]) -> None:

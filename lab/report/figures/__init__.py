@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lab.report.figures.budgets import fig_budgets
 from lab.report.figures.common import MARKERS, Figure, integer_axis, obj_label, plt
 from lab.report.figures.context import fig_context_kv, fig_context_latency
 from lab.report.figures.cost import COST_PANELS, fig_cost
@@ -34,6 +35,7 @@ def report_figures(sa: StudyAnalysis, out: Path) -> dict[str, Figure]:
         figures["cost"] = cost
     for kind, draw, name in (("curves", fig_learning_curves, "curves.png"),
                              ("sensitivity", fig_sensitivity, "sensitivity.png"),
+                             ("budgets", fig_budgets, "budgets.png"),
                              ("difficulty", fig_difficulty, "difficulty.png")):
         f = draw(sa, out / name)
         if f:
