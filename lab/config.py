@@ -139,9 +139,7 @@ class TrainConfig:
     precision: str = "auto"
     devices: int = 1
     strategy: str = "auto"
-    # Sweeps on a GPU machine: trials that share one GPU at a time (small models leave a GPU
-    # idle). How trials are scheduled, not what they compute.
-    trials_per_gpu: int = 1
+    trials_per_gpu: int = 1  # sweeps on GPUs: trials sharing one GPU (lab.study.schedule)
     deterministic: bool = True
     val_every: int = 500
     val_size: int = 1024
@@ -453,9 +451,6 @@ def validate(cfg: LabConfig) -> None:
     if t.budgets is not None:
         check_budgets(t)
     _need(t.threads >= 1, "train.threads", f"must be at least 1, got {t.threads}.")
-    _need(t.devices >= 1, "train.devices", f"must be at least 1, got {t.devices}.")
-    _need(t.trials_per_gpu >= 1, "train.trials_per_gpu",
-          f"must be at least 1, got {t.trials_per_gpu}.")
     _need(t.val_every >= 1, "train.val_every", f"must be at least 1, got {t.val_every}.")
     _need(t.val_size >= 1, "train.val_size", f"must be at least 1, got {t.val_size}.")
     _need(t.log_every >= 1, "train.log_every", f"must be at least 1, got {t.log_every}.")

@@ -155,6 +155,8 @@ BAD_SWEEP = [
     (["task.nodes=100000000"], "memory"),
     (["model.d_model=100000"], "memory"),
     (["seeds=[5000000000]"], "seeds"),
+    (["train.devices=0"], "train.devices"),
+    (["train.trials_per_gpu=0"], "train.trials_per_gpu"),
 ]
 
 

@@ -181,6 +181,9 @@ def _memory_message(cfg: LabConfig, task, est: dict[str, int], what: str, have: 
 
 def check_devices(t: TrainConfig) -> None:
     """Refuse a device or thread count this machine does not have."""
+    for key, value in (("train.devices", t.devices), ("train.trials_per_gpu", t.trials_per_gpu)):
+        if value < 1:
+            raise ConfigError(key, f"must be at least 1, got {value}.")
     n_cores, n_gpus = cores(), cuda_count()
     if t.accelerator in ("gpu", "cuda") and n_gpus == 0:
         raise ConfigError("train.accelerator", f"'{t.accelerator}' needs a CUDA GPU, and none is "
