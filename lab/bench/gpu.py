@@ -20,6 +20,7 @@ them to ``gpu.md``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,9 @@ def measure(sizes: Sizes, workdir: Path, files: list[str], overrides: list[str],
         runs = {}
         for per_gpu in (1, 2):
             workers = study["workers"] * per_gpu
-            runs[f"{per_gpu} per GPU"] = run_study(
-                sizes, workers, workdir, f"gpu-{per_gpu}", ablation=study["ablation"],
+            runs[f"{per_gpu} per GPU"] = run_study(  # the study file's own seed
+                replace(sizes, sweep_overrides=[]), workers, workdir, f"gpu-{per_gpu}",
+                ablation=study["ablation"],
                 overrides=[*study["overrides"], f"train.trials_per_gpu={per_gpu}"])
         out["study"] = {"ablation": STUDY, "file": study["ablation"], "runs": runs,
                         "speedup_2": runs["2 per GPU"]["trials_per_hour"]
