@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
     from lab.model import resolve
     from lab.study.spec import NON_IDENTITY_KEYS
     from lab.tasks import describe
-    from lab.train import train
+    from lab.train import joined_process, train
     from lab.train.tensorboard import DEFAULT_HPARAM_KEYS, run_hparams
 
     cfg = load_config(args.config, args.overrides)
@@ -58,6 +58,8 @@ def cmd_train(args) -> int:
     keys = [*DEFAULT_HPARAM_KEYS, *(o.partition("=")[0] for o in args.overrides)]
     keys = [k for k in dict.fromkeys(keys) if k not in NON_IDENTITY_KEYS]
     res = train(cfg, hparams=run_hparams(cfg, keys))
+    if joined_process():  # another process of a multi-device run: the first one reports
+        return 0 if res.status == "ok" else 1
     row = {
         "config": ", ".join(args.config) if args.config else "defaults",
         "family": res.config["model"]["family"],
@@ -125,7 +127,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from lab.study.run import run_sweep, write_study_journal
+    from lab.study.identity import write_study_journal
+    from lab.study.run import run_sweep
     from lab.study.spec import load_ablation
 
     rc = run_sweep(args.ablation, args.overrides, workers=args.workers)
@@ -136,7 +139,7 @@ def cmd_sweep(args) -> int:
     abl = load_ablation(args.ablation, args.overrides)
     if not rc and abl.config().eval.cost:
         from lab.study import costpass
-        from lab.study.run import load_existing_study
+        from lab.study.identity import load_existing_study
 
         console.print("timing every setting's decode latency in paired rounds ...")
         if abl.analysis_spec.context_costs is not None:

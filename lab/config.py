@@ -139,6 +139,7 @@ class TrainConfig:
     precision: str = "auto"
     devices: int = 1
     strategy: str = "auto"
+    trials_per_gpu: int = 1  # sweeps on GPUs: trials sharing one GPU (lab.study.schedule)
     deterministic: bool = True
     val_every: int = 500
     val_size: int = 1024

@@ -11,6 +11,16 @@ torch.set_num_threads(1)
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
+def pytest_collection_modifyitems(config, items):
+    # Tests marked gpu need a CUDA device: skipped (and listed as such) without one.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def debug_cfg(tmp_path):
     """Load the tiny debug config, with runs written under tmp_path."""

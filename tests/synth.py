@@ -20,7 +20,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from lab.study.attrs import LATENCY_ATTR, SEED_HIGH, SEED_LOW, encode, pair_key, pair_params
-from lab.study.run import create_or_load_study
+from lab.study.identity import create_or_load_study
 from lab.study.spec import load_ablation
 
 DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from lab.bench import REGISTRY, SECTIONS, interleave, render, run_bench, summary
 
@@ -29,7 +30,7 @@ def test_summary_and_interleave_order():
 
 
 def test_registry_renders_every_section_in_order():
-    assert SECTIONS == ("harness", "utilisation", "looping", "data", "sweep", "compile")
+    assert SECTIONS == ("harness", "utilisation", "looping", "data", "sweep", "compile", "gpu")
     for name, section in REGISTRY.items():
         assert callable(section.run), name
         assert section.render({"error": "boom"})[:3] == [section.TITLE, "", "This section failed: `boom`"]
@@ -96,8 +97,14 @@ def test_quick_bench_writes_all_sections(tmp_path):
     if "error" not in c:
         assert c["speedup"] == pytest.approx(c["eager_step_s"]["median"] / c["compiled_step_s"]["median"])
 
+    if torch.cuda.is_available():
+        assert res["gpu"]["ran"] and (out / "gpu.md").exists()
+    else:
+        assert res["gpu"] == {"skipped": "no CUDA device is visible: the GPU section needs one"}
+        assert not (out / "gpu.md").exists()  # written only when the section ran on a GPU
+
     report = (out / "report.md").read_text()
     for title in ("## 1. Harness overhead", "## 2. Utilisation", "## 3. Looping overhead",
-                  "## 4. Data share", "## 5. Sweep throughput", "## 6. Compilation"):
+                  "## 4. Data share", "## 5. Sweep throughput", "## 6. Compilation", "## 7. GPU"):
         assert title in report
     assert "failed" not in report

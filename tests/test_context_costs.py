@@ -181,7 +181,7 @@ def test_the_report_of_a_study_shows_the_section(tmp_path):
 
     from lab.report import write_report
     from lab.study.attrs import CONTEXT_ATTR
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
 
     data = {"lengths": [8, 16], "batches": [1, 8], "rounds": 1, "steps": 1, "skipped": {},
             "settings": {}}

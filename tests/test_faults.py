@@ -46,9 +46,9 @@ def test_failing_tuning_trial_never_queues_measured_seeds(tmp_path):
     """drain() with an objective that fails as out of memory, on a tuning study: the retry
     queues that tuning trial again, never the main study's (setting, seed) pairs."""
     from lab.study.attrs import FAIL_ATTR, SEED_HIGH, SEED_LOW
+    from lab.study.identity import create_or_load_study
     from lab.study.objective import TrialFailed
     from lab.study.queue import queue_missing
-    from lab.study.run import create_or_load_study
     from lab.study.spec import load_ablation
     from lab.study.storage import open_storage
     from lab.study.tune import open_tune_study, tune_items
@@ -166,9 +166,9 @@ def test_rerun_of_a_tuned_trial_reproduces_it(tmp_path, capsys):
     import yaml
 
     from lab.study.attrs import TUNED_ATTR
+    from lab.study.identity import create_or_load_study
     from lab.study.objective import TrialFailed, make_objective
     from lab.study.queue import queue_missing
-    from lab.study.run import create_or_load_study
     from lab.study.spec import load_ablation
 
     path = ablation(tmp_path, "rr", TUNED)
@@ -205,9 +205,9 @@ def test_rerun_of_a_tuned_trial_reproduces_it(tmp_path, capsys):
 
 def test_rerun_of_a_twin_reruns_its_owner_trial(tmp_path, capsys):
     """A setting that is the same model as an earlier one has no trials of its own."""
+    from lab.study.identity import create_or_load_study
     from lab.study.objective import TrialFailed, make_objective
     from lab.study.queue import queue_missing
-    from lab.study.run import create_or_load_study
     from lab.study.spec import load_ablation
 
     path = ablation(tmp_path, "tw", "space:\n  model.family:\n    looped: {model.loops: [1]}\n"

@@ -164,13 +164,26 @@ def test_flat_metrics_intermediate_values_and_threads(in_study):
         assert t.user_attrs["lab.threads"] == 1  # one thread per worker by default
 
 
+def test_precision_and_device_are_recorded_on_every_trial_and_the_study(in_study):
+    study = load()
+    assert study.user_attrs["lab.runtime"] == {"device": "cpu", "precision": "32-true"}
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert trials and all(t.user_attrs["lab.runtime"] == {
+        "device": "cpu", "devices": 1, "precision": "32-true", "compile": False,
+        "fused_adamw": False} for t in trials)
+    report = Path("reports/tiny/report.md").read_text()
+    n = sum("lab.runtime" in t.user_attrs for t in study.trials)
+    assert f"trials ran on cpu, 32-true ({n} trials)" in report
+
+
 def test_sweep_honours_train_threads(tmp_path):
-    from lab.study.run import default_workers
+    from lab.study.schedule import default_workers
     from lab.study.spec import load_ablation
+    from lab.train.machine import cores as machine_cores
 
     abl = load_ablation(TINY, ["train.threads=2"])
     assert abl.config().train.threads == 2
-    cores = os.cpu_count() or 1
+    cores = machine_cores()  # the cores this process may use
     assert default_workers(abl, None, 2) == max(1, cores // 2)
     assert default_workers(abl, None, 1) == cores
     assert default_workers(abl, 3, 2) == 3
@@ -253,8 +266,8 @@ def test_fresh_clone_reads_the_study_file_beside_the_report(in_study, tmp_path, 
     """Without studies/ (a fresh clone), report, export, compare, rerun and dashboard read
     reports/tiny/study.jsonl, which the sweep wrote; the report equals the one from storage."""
     from lab.report.compare import write_compare
+    from lab.study.identity import existing_storage
     from lab.study.rerun import stored_value
-    from lab.study.run import existing_storage
     from lab.study.spec import load_ablation
 
     journal = Path("reports/tiny/study.jsonl")

@@ -87,7 +87,7 @@ def test_reading_the_journal_never_writes_it(tmp_path):
 
 
 def test_a_missing_storage_falls_back_on_the_journal(tmp_path, monkeypatch):
-    from lab.study.run import existing_storage, load_existing_study
+    from lab.study.identity import existing_storage, load_existing_study
     from lab.study.spec import load_ablation
 
     monkeypatch.chdir(tmp_path)

@@ -24,7 +24,7 @@ def loaded(*modules: str) -> dict[str, bool]:
 
 
 @pytest.mark.parametrize("modules,absent", [
-    (("lab.cli", "lab.report.export", "lab.study.run", "lab.study.journal"),
+    (("lab.cli", "lab.report.export", "lab.study.run", "lab.study.identity", "lab.study.journal"),
      ("torch", "lightning", "matplotlib", "scipy")),
     (("lab.report.write", "lab.report.compare", "lab.study.dashboard"), ("torch", "lightning")),
 ])

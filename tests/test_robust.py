@@ -83,7 +83,7 @@ def test_study_with_categorical_seed_keeps_working_and_refuses_growth(tmp_path, 
     """Studies made before seeds were integers stored a categorical seed distribution."""
     from optuna.distributions import CategoricalDistribution
 
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
     from lab.study.spec import load_ablation
 
     abl = ablation(tmp_path, "old", "space: {model.n_layers: [1, 2]}\nseeds: [0, 1]\n")
@@ -139,7 +139,7 @@ def test_every_config_key_is_in_the_identity_or_excluded_with_a_reason(tmp_path)
 
 
 def test_changed_precision_is_refused(tmp_path, capsys):
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
     from lab.study.spec import load_ablation
 
     path = ablation(tmp_path, "prec", "space: {model.n_layers: [1, 2]}\n")
@@ -153,7 +153,7 @@ def test_changed_precision_is_refused(tmp_path, capsys):
 
 def test_study_made_with_the_older_identity_is_migrated(tmp_path):
     from lab.study.attrs import BASE_CONFIG_ATTR, FINGERPRINT_ATTR, IDENTITY_ATTR
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
     from lab.study.spec import ADDED_IDENTITY_KEYS, identity_hash, load_ablation
 
     abl = load_ablation(ablation(tmp_path, "mig", "space: {model.n_layers: [1, 2]}\n"))
@@ -531,8 +531,8 @@ def test_two_hosts_run_every_pair_exactly_once(tmp_path):
 
 
 def make_study_db():
+    from lab.study.identity import create_or_load_study
     from lab.study.queue import queue_missing
-    from lab.study.run import create_or_load_study
     from lab.study.spec import load_ablation
 
     abl = load_ablation(TINY)
@@ -593,7 +593,7 @@ def test_wall_time_counts_each_pair_once(tmp_path):
 
     from lab.report.markdown import environment
     from lab.report.study import StudyAnalysis
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
     from lab.study.spec import load_ablation
 
     abl = load_ablation(ablation(tmp_path, "wall", "space: {model.n_layers: [1, 2]}\nseeds: [0]\n"))
@@ -614,7 +614,7 @@ def test_a_study_made_with_the_learned_recipe_is_a_different_study(tmp_path):
     recipe is refused with the two ways on, and the old recipe's overrides find it again."""
     from lab.errors import LabError
     from lab.study.attrs import BASE_CONFIG_ATTR, FINGERPRINT_ATTR, IDENTITY_ATTR
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
     from lab.study.spec import ADDED_IDENTITY_KEYS, identity_hash, load_ablation
 
     path = ablation(tmp_path, "old", "space: {model.n_layers: [1, 2]}\n")

@@ -162,8 +162,8 @@ def test_worker_dead_inside_the_pop_is_reclaimed_by_its_claim():
     """A worker killed between Optuna's pop and its objective's first line leaves a RUNNING
     trial with no worker identity; the claim it stamped on the queued trial names it."""
     from lab.study.attrs import CLAIM_ATTR
+    from lab.study.identity import create_or_load_study
     from lab.study.queue import queue_missing, reclaim_dead_local_trials, worker_identity
-    from lab.study.run import create_or_load_study
     from lab.study.spec import load_ablation
     from lab.study.storage import open_storage, trial_id
 
@@ -356,7 +356,7 @@ def test_report_on_missing_study(capsys):
 
 
 def test_report_on_study_without_completed_trials(capsys):
-    from lab.study.run import create_or_load_study
+    from lab.study.identity import create_or_load_study
     from lab.study.spec import load_ablation
 
     create_or_load_study(load_ablation(TINY))

@@ -1,6 +1,6 @@
 """``lab bench``: how fast the lab trains on this machine, and where the time goes.
 
-Six sections, each written to ``reports/bench/report.md`` (raw numbers in ``results.json``),
+Seven sections, each written to ``reports/bench/report.md`` (raw numbers in ``results.json``),
 one module each (in SECTIONS order):
 
 1. harness: the lab's Lightning training (``lab.train.train`` itself, with its Trainer,
@@ -10,7 +10,10 @@ one module each (in SECTIONS order):
 3. looping: a looped stack against the unrolled uniform stack of the same blocks;
 4. data: batch generation time against the training step time, per task;
 5. sweep: trials per hour of the smoke study, 1 worker x 2 threads vs 2 x 1;
-6. compile: step time with and without ``train.compile``, and the compile time.
+6. compile: step time with and without ``train.compile``, and the compile time;
+7. gpu: on a CUDA GPU only, the GPU preset's model FLOP utilisation, lab vs plain loop, data
+   and compile shares, and the GPU study's trials per hour at 1 and 2 trials per GPU; also
+   written alone to ``gpu.md`` (skipped, and no ``gpu.md``, without a GPU).
 
 Each section module has ``run(sizes, workdir, results) -> dict`` (results: the sections run
 before it, by name) and ``render(result) -> list[str]`` (its part of report.md); what they
@@ -20,7 +23,8 @@ Every timed figure is a median over repeated measurements taken after a warm-up,
 with its min and max. Where two things are compared (A against B) their measurements are
 interleaved (A B A B ...) in one process, so that a slow phase of a noisy machine hits both.
 Everything runs on one thread (``torch.set_num_threads(1)``) except the sweep, whose worker
-processes set their own thread counts.
+processes set their own thread counts. Training steps run where the lab trains (a GPU when
+there is one), the plain loop and the matmul peaks on the same device.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 
 import torch
 
-from lab.bench import compile, data, harness, looping, sweep, utilisation
+from lab.bench import compile, data, gpu, harness, looping, sweep, utilisation
 from lab.bench.common import FULL, QUICK, PlainLoop, Sizes, first_line, interleave, machine, summary
 
 __all__ = ["DEFAULT_OUT", "FULL", "QUICK", "REGISTRY", "SECTIONS", "PlainLoop", "Sizes", "interleave",
@@ -54,12 +58,14 @@ REGISTRY: dict[str, ModuleType] = {
     "data": data,
     "sweep": sweep,
     "compile": compile,
+    "gpu": gpu,
 }
 SECTIONS = tuple(REGISTRY)
 
 
 def run_bench(quick: bool = False, out_dir: str | os.PathLike = DEFAULT_OUT) -> int:
-    """Run the six sections, write report.md and results.json into out_dir; 0 if all ran."""
+    """Run the sections, write report.md and results.json into out_dir (and gpu.md when the
+    GPU section ran on a GPU); 0 if all ran."""
     from lab.train import quiet_lightning
 
     quiet_lightning()
@@ -97,13 +103,16 @@ def run_bench(quick: bool = False, out_dir: str | os.PathLike = DEFAULT_OUT) -> 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "report.md").write_text(render(results))
+    if results.get("gpu", {}).get("ran"):
+        (out / "gpu.md").write_text(render(results, only=("gpu",)))
     print(f"lab bench: wrote {out / 'report.md'} in {results['total_time_s']:.0f}s",
           file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 
-def render(r: dict) -> str:
-    """report.md from the results of run_bench: the header, then each section's part."""
+def render(r: dict, only: tuple[str, ...] | None = None) -> str:
+    """report.md from the results of run_bench: the header, then each section's part (or
+    only those named)."""
     m = r["machine"]
     lines = [
         "# lab bench",
@@ -129,5 +138,6 @@ def render(r: dict) -> str:
         "",
     ]
     for name, section in REGISTRY.items():
-        lines += section.render(r.get(name, {"error": "not run"}))
+        if only is None or name in only:
+            lines += section.render(r.get(name, {"error": "not run"}))
     return "\n".join(lines).rstrip() + "\n"

@@ -7,7 +7,6 @@ import contextlib
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from lab.config import LabConfig, load_config
+from lab.eval.device import autocast, clock
 from lab.model import Stack, build_model, resolve
 from lab.provenance import REPO, cpu_model, versions
 from lab.tasks import IGNORE
+from lab.train.machine import resolve_precision, train_device
 
 # --------------------------------------------------------------------------------------------
 # Sizes: the full benchmark (under 10 minutes on two cores) and a tiny one for the tests.
@@ -47,6 +48,13 @@ class Sizes:
     compile_chunk: int
     compile_reps: int
     tasks: dict[str, list[str]] = field(default_factory=dict)
+    # Section 7 (GPU): lab steps before timing, steps per timed chunk, chunks; the square
+    # matmul's side; overrides of the GPU preset; steps per trial of the study's throughput.
+    gpu_harness: tuple[int, int, int] = (40, 20, 10)
+    gpu_square: int = 8192
+    gpu_overrides: list[str] = field(default_factory=list)
+    gpu_study_steps: int = 200
+    gpu_study: bool = True  # the study's trials per hour (minutes: not at the test sizes)
 
 
 FULL = Sizes(
@@ -72,6 +80,9 @@ QUICK = Sizes(
     sweep_ablation="tests/data/tiny.yaml", sweep_overrides=["seeds=[0]"],
     compile_backend="eager", compile_chunk=3, compile_reps=3,
     tasks={"pointer": [], "induction": ["configs/induction.yaml"], "word": ["configs/word.yaml"]},
+    gpu_harness=(2, 2, 2), gpu_square=64, gpu_study_steps=20, gpu_study=False,
+    gpu_overrides=["model.d_model=32", "model.n_heads=2", "model.n_layers=2", "task.seq_len=32",
+                   "train.batch_size=8"],
 )
 
 
@@ -140,33 +151,46 @@ PHASES = ("data", "forward", "backward", "clip", "optimizer")
 
 class PlainLoop:
     """A minimal training loop: the lab's model, batches, AdamW param groups, LambdaLR
-    schedule and gradient clipping, without Lightning."""
+    schedule and gradient clipping, without Lightning; on the device and in the number format
+    the lab's own training of `cfg` uses (lab.train.machine), so the two are comparable on a
+    GPU as on a CPU."""
 
-    def __init__(self, cfg: LabConfig, compile_backend: str | None | bool = False):
+    def __init__(self, cfg: LabConfig, compile_backend: str | None | bool = False,
+                 device: torch.device | None = None):
         from lab.train.data import mix
         from lab.train.optim import build_optimizer
 
         self._mix = mix
         cfg, task, plan = resolve(cfg)
         self.cfg, self.task = cfg, task
+        self.device = train_device(cfg) if device is None else device
+        self.precision = resolve_precision(cfg.train)
         torch.manual_seed(cfg.seed)
-        self.model: Stack = build_model(cfg, task, plan).train()
+        self.model: Stack = build_model(cfg, task, plan).train().to(self.device)
+        if self.device.type == "cuda" and callable(getattr(task, "to_device", None)):
+            task.to_device(self.device)  # as the lab's data module does on a GPU
         if compile_backend is not False:
-            self.model.compile(**({"backend": compile_backend} if compile_backend else {}))
+            self.model.compile_blocks(**({"backend": compile_backend} if compile_backend else {}))
         t = cfg.train
         self.params = list(self.model.parameters())
-        self.opt, self.sched = build_optimizer(self.params, cfg)
+        self.opt, self.sched = build_optimizer(self.params, cfg)  # fused on a GPU, as the lab's
         self.clip = t.grad_clip or None
         self.g = torch.Generator()
         self.step = 0
 
+    def clock(self) -> float:
+        """A time stamp after the device's queued work (lab.eval.device.clock)."""
+        return clock(self.device)
+
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.g.manual_seed(self._mix(self.cfg.seed, self.step))
-        return self.task.sample(self.cfg.train.batch_size, self.g, "train")
+        x, y = self.task.sample(self.cfg.train.batch_size, self.g, "train")
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+        with autocast(self.device, self.precision):
+            logits = self.model(x)
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
 
     def update(self) -> None:
         if self.clip:
@@ -177,18 +201,20 @@ class PlainLoop:
         self.step += 1
 
     def run(self, n: int) -> float:
-        """Seconds per step over n training steps (batch generation included)."""
-        t0 = time.perf_counter()
+        """Seconds per step over n training steps (batch generation included); on a GPU the
+        clock waits for the last step's kernels."""
+        t0 = self.clock()
         for _ in range(n):
             x, y = self.batch()
             self.loss(x, y).backward()
             self.update()
-        return (time.perf_counter() - t0) / n
+        return (self.clock() - t0) / n
 
     def run_phases(self, n: int) -> dict[str, float]:
-        """Seconds per step of each phase over n steps, and in all (total)."""
+        """Seconds per step of each phase over n steps, and in all (total). On a GPU every
+        phase boundary waits for the device, which the total then includes."""
         acc = dict.fromkeys(PHASES, 0.0)
-        clock = time.perf_counter
+        clock = self.clock
         start = clock()
         for _ in range(n):
             t0 = clock()

@@ -69,9 +69,9 @@ def render(result: dict) -> list[str]:
     out = [TITLE, ""]
     if "error" in result and "backend" not in result:
         return out + error_lines(result)
-    out += [f"`train.compile=true` (`model.compile()`, backend {result['backend']}) at the default "
-            "config, plain training loop, compiled and eager models interleaved after warm-up; "
-            "compile time measured cold (empty compile cache).", ""]
+    out += [f"`train.compile=true` (`model.compile_blocks()`: each block compiled, backend "
+            f"{result['backend']}) at the default config, plain training loop, compiled and eager "
+            "models interleaved after warm-up; compile time measured cold (empty compile cache).", ""]
     if "error" in result:
         return out + [f"Compilation failed on this machine: `{result['error']}`", ""]
     out += [

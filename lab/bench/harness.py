@@ -21,6 +21,7 @@ from lab.bench.common import (
     summary,
     verdict,
 )
+from lab.eval.device import synchronize
 from lab.model import resolve
 
 TITLE = "## 1. Harness overhead"
@@ -87,6 +88,7 @@ def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
             self._mark("closure end")
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            synchronize(pl_module.device)  # a chunk's time covers its kernels (no-op on a CPU)
             self._mark("clip+optimizer")
             now = time.perf_counter()
             self.seen += 1
@@ -106,7 +108,13 @@ def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
                 if len(self.lab) >= reps:
                     trainer.should_stop = True
                     return
-                self.plain.append(plain.run_phases(chunk))
+                phases = plain.run_phases(chunk)
+                if plain.device.type != "cpu":
+                    # The phase timers wait for the GPU at every boundary: the step time is
+                    # taken from a chunk without them.
+                    phases["total"] = plain.run(chunk)
+                self.plain.append(phases)
+            synchronize(pl_module.device)
             self.t0 = self.last = time.perf_counter()
 
         @property
@@ -118,21 +126,22 @@ def _interleave_callback(plain: PlainLoop, warmup: int, chunk: int, reps: int):
 
 
 def harness_pair(sizes: Sizes, overrides: list[str], warmup: int, chunk: int, reps: int,
-                 workdir: Path) -> dict:
-    """Lab vs plain step time of one config, interleaved in one lab training run."""
+                 workdir: Path, files: list[str] | None = None) -> dict:
+    """Lab vs plain step time of one config (`files`, then `overrides`), interleaved in one
+    lab training run; the plain loop compiles its blocks when the config does."""
     from lab.train import train
 
     window = warmup + reps * chunk
     # Evaluation-only keys: the post-training cost measurements and the validation set size
     # happen after the measured window and do not change a training step.
     extra = ["eval.cost=false", "train.val_size=256"]
-    cfg = bench_config(sizes, *overrides, *extra)
+    cfg = bench_config(sizes, *overrides, *extra, files=files)
     if cfg.train.val_every <= window:  # keep validation out of the measured window
         extra.append(f"train.val_every={window + 1}")
     if cfg.train.steps <= window:
         extra.append(f"train.steps={window + 1}")
-    cfg = bench_config(sizes, *overrides, *extra)
-    plain = PlainLoop(cfg)
+    cfg = bench_config(sizes, *overrides, *extra, files=files)
+    plain = PlainLoop(cfg, compile_backend=None if cfg.train.compile else False)
     cb = _interleave_callback(plain, warmup, chunk, reps)
     res = train(cfg, save_dir=str(workdir / "runs"), name="bench", callbacks=[cb])
     if len(cb.lab) < reps:

@@ -15,7 +15,11 @@ from lab.provenance import REPO
 TITLE = "## 5. Sweep throughput"
 
 
-def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
+def run_study(sizes: Sizes, workers: int, workdir: Path, label: str,
+              ablation: str | None = None, overrides: list[str] | None = None) -> dict:
+    """One `lab sweep` of `ablation` (default: the sizes' one) in a fresh storage and working
+    directory, with `workers` workers; `overrides` replace the thread split of the CPU runs
+    (default: the cores shared out among the workers)."""
     import optuna
 
     from lab.study.spec import load_ablation
@@ -24,11 +28,11 @@ def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
     cwd.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{cwd / 'study.db'}"
     study = f"bench-{label}"
-    ablation = str(REPO / sizes.sweep_ablation)
+    ablation = ablation or str(REPO / sizes.sweep_ablation)
     threads = max(1, (os.cpu_count() or 1) // workers)
+    overrides = [f"train.threads={threads}"] if overrides is None else overrides
     argv = [sys.executable, "-m", "lab.cli", "sweep", ablation, "--workers", str(workers),
-            f"storage={storage}", f"study={study}", f"train.threads={threads}",
-            *sizes.sweep_overrides]
+            f"storage={storage}", f"study={study}", *overrides, *sizes.sweep_overrides]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     log = cwd / "sweep.log"
@@ -43,7 +47,8 @@ def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     trials = [t for t in optuna.load_study(study_name=study, storage=storage).get_trials()
               if t.state.name == "COMPLETE"]
-    total = len(load_ablation(ablation, [f"storage={storage}", *sizes.sweep_overrides]).pairs())
+    total = len(load_ablation(ablation, [f"storage={storage}", *overrides,
+                                         *sizes.sweep_overrides]).pairs())
     if len(trials) < total:
         raise RuntimeError(f"sweep with {workers} worker(s): {len(trials)} of {total} trials completed")
     start = min(t.datetime_start for t in trials)
@@ -53,7 +58,7 @@ def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
     train_walls = [float(t.user_attrs["wall_time_s"]) for t in trials
                    if isinstance(t.user_attrs.get("wall_time_s"), int | float)]
     return {
-        "workers": workers, "threads_per_worker": threads,
+        "workers": workers, "threads_per_worker": threads, "overrides": overrides,
         "trials": len(trials), "command_wall_s": wall, "trial_span_s": span,
         "trials_per_hour": len(trials) / span * 3600,
         "trials_per_hour_command": len(trials) / wall * 3600,
@@ -63,7 +68,13 @@ def _run_study(sizes: Sizes, workers: int, workdir: Path, label: str) -> dict:
 
 
 def run(sizes: Sizes, workdir: Path, results: dict) -> dict:
-    runs = {"1x2": _run_study(sizes, 1, workdir, "1x2"), "2x1": _run_study(sizes, 2, workdir, "2x1")}
+    import torch
+
+    # The split of a CPU's cores between workers; on a GPU machine too (section 7 measures
+    # the workers of a GPU).
+    cpu = ["train.accelerator=cpu"] if torch.cuda.is_available() else []
+    runs = {f"{w}x{t}": run_study(sizes, w, workdir, f"{w}x{t}", overrides=[
+        f"train.threads={max(1, (os.cpu_count() or 1) // w)}", *cpu]) for w, t in ((1, 2), (2, 1))}
     return {"ablation": sizes.sweep_ablation, "overrides": sizes.sweep_overrides, "runs": runs,
             "speedup_2x1": runs["2x1"]["trials_per_hour"] / runs["1x2"]["trials_per_hour"]}
 

@@ -3,7 +3,6 @@ against the peak matmul FLOP/s measured here, on the model's own GEMMs and on a 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,11 @@ import torch
 
 from lab.bench.common import PlainLoop, Sizes, bench_config, error_lines, gflop_s, interleave, ms, summary
 from lab.config import LabConfig
+from lab.eval.device import autocast_dtype, clock
 from lab.model import resolve
+from lab.train.machine import resolve_precision, train_device
+
+CPU = torch.device("cpu")
 
 TITLE = "## 2. Utilisation"
 
@@ -32,31 +35,41 @@ def train_step_flops(cfg: LabConfig) -> int:
     return flops
 
 
-def _gemm_timer(m: int, k: int, n: int, kind: str, target_s: float) -> tuple[Callable[[], float], int]:
+def gemm_format(cfg: LabConfig) -> tuple[torch.device, torch.dtype]:
+    """Where and in what number format the training step of `cfg` runs its matmuls: the
+    device the lab trains on, bf16/fp16 under mixed precision on a GPU, else fp32."""
+    device = train_device(cfg)
+    dtype = autocast_dtype(resolve_precision(cfg.train)) if device.type == "cuda" else None
+    return device, dtype or torch.float32
+
+
+def _gemm_timer(m: int, k: int, n: int, kind: str, target_s: float,
+                device: torch.device = CPU, dtype: torch.dtype = torch.float32
+                ) -> tuple[Callable[[], float], int]:
     """A timed matmul of the kind autograd runs for a linear layer x (m, k) -> (m, n):
     forward x @ W^T, input gradient g @ W, weight gradient g^T @ x. Returns seconds per call."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(m, k, generator=g)
-    w = torch.randn(n, k, generator=g)
-    gr = torch.randn(m, n, generator=g)
+    x = torch.randn(m, k, generator=g).to(device, dtype)
+    w = torch.randn(n, k, generator=g).to(device, dtype)
+    gr = torch.randn(m, n, generator=g).to(device, dtype)
     if kind == "fwd":
         a, b = x, w.t()
     elif kind == "dx":
         a, b = gr, w
     else:
         a, b = gr.t(), x
-    out = torch.empty(a.shape[0], b.shape[1])
+    out = torch.empty(a.shape[0], b.shape[1], device=device, dtype=dtype)
     torch.mm(a, b, out=out)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     torch.mm(a, b, out=out)
-    once = max(time.perf_counter() - t0, 1e-7)
+    once = max(clock(device) - t0, 1e-7)
     inner = max(1, min(10_000, int(target_s / once)))
 
     def timed() -> float:
-        t0 = time.perf_counter()
+        t0 = clock(device)
         for _ in range(inner):
             torch.mm(a, b, out=out)
-        return (time.perf_counter() - t0) / inner
+        return (clock(device) - t0) / inner
 
     return timed, 2 * m * k * n
 
@@ -79,10 +92,11 @@ def model_gemms(cfg: LabConfig) -> list[dict]:
     return shapes
 
 
-def peak_gemm(shapes: list[dict], reps: int, target_s: float = 0.02) -> dict:
+def peak_gemm(shapes: list[dict], reps: int, target_s: float = 0.02, device: torch.device = CPU,
+              dtype: torch.dtype = torch.float32) -> dict:
     timers = {}
     for s in shapes:
-        fn, flops = _gemm_timer(s["m"], s["k"], s["n"], s["kind"], target_s)
+        fn, flops = _gemm_timer(s["m"], s["k"], s["n"], s["kind"], target_s, device, dtype)
         timers[f"{s['layer']}:{s['kind']}:{s['m']}x{s['k']}x{s['n']}"] = (fn, flops, s)
     times = interleave({k: v[0] for k, v in timers.items()}, reps)
     rows = []
@@ -100,16 +114,20 @@ def peak_gemm(shapes: list[dict], reps: int, target_s: float = 0.02) -> dict:
             "best_flop_s": max(r["flop_s"] for r in rows)}
 
 
-def peak_square(n: int, reps: int) -> dict:
+def peak_square(n: int, reps: int, device: torch.device = CPU,
+                dtype: torch.dtype = torch.float32) -> dict:
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    out = torch.empty(n, n)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
     torch.mm(a, b, out=out)
+    inner = 1 if device.type == "cpu" else 20  # a GPU matmul is too short to time alone
 
     def timed() -> float:
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        return time.perf_counter() - t0
+        t0 = clock(device)
+        for _ in range(inner):
+            torch.mm(a, b, out=out)
+        return (clock(device) - t0) / inner
 
     t = summary(interleave({"mm": timed}, reps)["mm"])
     flops = 2 * n**3
@@ -122,13 +140,15 @@ def run(sizes: Sizes, workdir: Path, results: dict) -> dict:
     if "error" in results.get("harness", {"error": 1}):
         raise RuntimeError("needs the step times of section 1, which failed")
     harness = results["harness"]
-    square = peak_square(sizes.square, sizes.gemm_reps)
-    out: dict[str, Any] = {"square": square, "configs": {}}
+    device, dtype = gemm_format(bench_config(sizes))
+    square = peak_square(sizes.square, sizes.gemm_reps, device, dtype)
+    out: dict[str, Any] = {"square": square, "configs": {}, "device": device.type,
+                           "dtype": str(dtype).removeprefix("torch.")}
     for label, h in harness["configs"].items():
         overrides = sizes.large if label == "large" else []
         cfg = bench_config(sizes, *overrides)
         flops = train_step_flops(cfg)
-        gemm = peak_gemm(model_gemms(cfg), sizes.gemm_reps)
+        gemm = peak_gemm(model_gemms(cfg), sizes.gemm_reps, device=device, dtype=dtype)
         achieved_lab = flops / h["lab_step_s"]["median"]
         achieved_plain = flops / h["plain_step_s"]["median"]
         out["configs"][label] = {
@@ -150,15 +170,19 @@ def render(result: dict) -> list[str]:
     if "error" in result:
         return out + error_lines(result)
     sq = result["square"]
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+        result.get("dtype", "float32"), result.get("dtype"))
+    where = ("1 thread" if result.get("device", "cpu") == "cpu"
+             else f"the {result['device']} device the lab trains on")
     out += [
         "Training FLOPs per step: forward + backward of one batch, counted by FlopCounterMode "
         "(matmuls and attention; elementwise ops and the optimizer are not counted). Achieved "
         "FLOP/s = those FLOPs / the step time of section 1. Peaks measured in this process on "
-        "1 thread: (a) the model's own GEMMs (every linear layer's forward, input-gradient and "
+        f"{where}: (a) the model's own GEMMs (every linear layer's forward, input-gradient and "
         "weight-gradient product, M = batch x sequence length, weighted by how often each "
-        "runs); (b) a square fp32 matmul.",
+        f"runs); (b) a square {dtype} matmul.",
         "",
-        f"(b) {sq['n']}x{sq['n']} fp32 matmul: {gflop_s(sq['flop_s'])} "
+        f"(b) {sq['n']}x{sq['n']} {dtype} matmul: {gflop_s(sq['flop_s'])} "
         f"[{gflop_s(sq['flop_s_range'][0])}–{gflop_s(sq['flop_s_range'][1])}].",
         "",
         "| config | train FLOPs/step | achieved (lab) | achieved (plain) | (a) model-GEMM peak "

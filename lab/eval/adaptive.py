@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from lab.config import LabConfig
+from lab.eval.device import device_of
 from lab.eval.metrics import EVAL_BATCH, Accuracy, evaluate
 from lab.model.stack import Stack
 from lab.tasks import IGNORE
@@ -41,12 +42,13 @@ def exit_curve(model: Stack, x: torch.Tensor, y: torch.Tensor, thresholds: list[
     """One row per threshold: threshold, mean_loops, acc_token, acc_seq, loss."""
     was_training = model.training
     model.eval()
+    device = device_of(model)
     rows = []
     try:
         for thr in thresholds:
             acc, total, count = Accuracy(), 0, 0
             for i in range(0, x.shape[0], batch_size):
-                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
                 logits, used = model.adaptive(xb, float(thr), max_loops, criterion)
                 acc.update(logits, yb)
                 s, n = _mean_loops(used, yb)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import random
 import statistics
-import time
 
 import torch
 
 from lab.eval.cost import cache_bytes, kv_bytes_per_token, kv_cache_bytes
+from lab.eval.device import autocast, clock, device_of
 from lab.model.plan import StackPlan
 from lab.model.stack import Stack
 
@@ -66,9 +66,10 @@ class _Run:
     """One setting at one batch size: its model, tokens, cache and position."""
 
     def __init__(self, model: Stack, loops: int, batch: int, length: int, seed: int):
-        self.model, self.loops = model, loops
+        self.model, self.loops, self.device = model, loops, device_of(model)
         g = torch.Generator().manual_seed(seed)
-        self.tokens = torch.randint(model.embed.num_embeddings, (batch, length), generator=g)
+        self.tokens = torch.randint(model.embed.num_embeddings, (batch, length),
+                                    generator=g).to(self.device)
         self.cache, self.pos = model.new_cache(loops), 0
 
     def step(self, t: int, end: int) -> None:
@@ -86,9 +87,9 @@ class _Run:
         self.step(self.pos, self.pos + 1)
         best = float("inf")
         for t in range(self.pos + 1, self.pos + 1 + steps):
-            t0 = time.perf_counter()
+            t0 = clock(self.device)
             self.step(t, t + 1)
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, clock(self.device) - t0)
         self.pos += 1 + steps
         return best
 
@@ -96,14 +97,15 @@ class _Run:
 @torch.no_grad()
 def measure_contexts(models: dict[str, tuple[Stack, int]], lengths: list[int],
                      batches: list[int], rounds: int = 3, steps: int = 4,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, precision: str | None = None) -> dict:
     """KV bytes per sequence and decode seconds per token, per setting, batch and length.
 
     `models`: {label: (model, loops)}, each model with at least needed_positions(lengths,
     steps) positions. Returns {"lengths", "batches", "rounds", "steps", "settings": {label:
     {"kv_bytes": [[bytes per sequence, per length] per batch], "seconds": [[[fastest step,
     per round] per length] per batch], "latency_s": [[median over rounds, per length] per
-    batch]}}}.
+    batch]}}}. The models run on their device (one for all), under the autocast of
+    `precision`.
     """
     lengths, batches = sorted(lengths), sorted(batches)
     need = needed_positions(lengths, steps)
@@ -114,17 +116,19 @@ def measure_contexts(models: dict[str, tuple[Stack, int]], lengths: list[int],
                "seconds": [[[] for _ in lengths] for _ in batches]} for k in models}
     order = list(models)
     rng = random.Random(seed)
-    for _ in range(rounds):
-        for bi, B in enumerate(batches):
-            runs = {k: _Run(m, r, B, need, seed) for k, (m, r) in models.items()}
-            for ci, C in enumerate(lengths):
-                rng.shuffle(order)
-                for k in order:
-                    run = runs[k]
-                    run.fill(C)
-                    out[k]["kv_bytes"][bi][ci] = cache_bytes(run.cache) // B
-                    out[k]["seconds"][bi][ci].append(run.time_steps(steps))
-            del runs
+    device = device_of(next(iter(models.values()))[0]) if models else torch.device("cpu")
+    with autocast(device, precision):
+        for _ in range(rounds):
+            for bi, B in enumerate(batches):
+                runs = {k: _Run(m, r, B, need, seed) for k, (m, r) in models.items()}
+                for ci, C in enumerate(lengths):
+                    rng.shuffle(order)
+                    for k in order:
+                        run = runs[k]
+                        run.fill(C)
+                        out[k]["kv_bytes"][bi][ci] = cache_bytes(run.cache) // B
+                        out[k]["seconds"][bi][ci].append(run.time_steps(steps))
+                del runs
     for v in out.values():
         v["latency_s"] = [[statistics.median(s) for s in row] for row in v["seconds"]]
     return {"lengths": lengths, "batches": batches, "rounds": rounds, "steps": steps,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from lab.eval.device import autocast, clock, device_of
 from lab.model.plan import StackPlan
 from lab.model.stack import Stack
 from lab.tasks import IGNORE, Task, eval_set
@@ -50,7 +50,8 @@ def flops_per_token(model: Stack, task: Task, loops: int | None = None, train: b
 
     train=False: the inference forward pass. train=True: forward + backward of the loss.
     """
-    x, y = eval_set(task, "val", 1)
+    device = device_of(model)
+    x, y = (t.to(device) for t in eval_set(task, "val", 1))
     was_training = model.training
     model.eval()
 
@@ -131,7 +132,7 @@ def kv_bytes_per_token(plan: StackPlan, loops: int | None = None, element_size: 
 
 @torch.no_grad()
 def latency_costs(model: Stack, task: Task, loops: int | None, n_tokens: int,
-                  repeats: int = 5) -> dict:
+                  repeats: int = 5, precision: str | None = None) -> dict:
     """Inference seconds per token (batch 1) and KV bytes per token.
 
     Causal tasks: autoregressive decoding with a KV cache over the last `n_tokens` positions
@@ -140,26 +141,29 @@ def latency_costs(model: Stack, task: Task, loops: int | None, n_tokens: int,
     executed block holds per token during that pass. Each timing is the fastest of `repeats`
     passes (after a warm-up pass), so that a spike from another process on the machine does not
     count; for decoding, the figure is the median over positions of those fastest times.
+    Runs on the model's device, under the autocast of `precision` (the run's number format).
     """
     model.eval()
-    x, _ = eval_set(task, "val", 1)
+    device = device_of(model)
+    x = eval_set(task, "val", 1)[0].to(device)
     T = x.shape[1]
     n = min(n_tokens, T - 1) if task.causal else 1
     best = [math.inf] * n
-    for rep in range(repeats + 1):  # the first pass warms up
-        cache = model.new_cache(loops)
-        if task.causal:
-            model.decode_step(x[:, : T - n], 0, cache, loops)
-            for i, t in enumerate(range(T - n, T)):
-                t0 = time.perf_counter()
-                model.decode_step(x[:, t : t + 1], t, cache, loops)
+    with autocast(device, precision):
+        for rep in range(repeats + 1):  # the first pass warms up
+            cache = model.new_cache(loops)
+            if task.causal:
+                model.decode_step(x[:, : T - n], 0, cache, loops)
+                for i, t in enumerate(range(T - n, T)):
+                    t0 = clock(device)
+                    model.decode_step(x[:, t : t + 1], t, cache, loops)
+                    if rep:
+                        best[i] = min(best[i], clock(device) - t0)
+            else:
+                t0 = clock(device)
+                model.decode_step(x, 0, cache, loops)
                 if rep:
-                    best[i] = min(best[i], time.perf_counter() - t0)
-        else:
-            t0 = time.perf_counter()
-            model.decode_step(x, 0, cache, loops)
-            if rep:
-                best[0] = min(best[0], (time.perf_counter() - t0) / T)
+                    best[0] = min(best[0], (clock(device) - t0) / T)
     return {
         "latency_s_per_token": statistics.median(best),
         "latency_mode": "kv-cache decode" if task.causal else "full-sequence pass",
@@ -211,18 +215,22 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 
-def train_step_peak_bytes(model: Stack, task: Task, loops: int | None, batch_size: int) -> int:
-    """Peak memory of one steady-state training step (forward, backward, AdamW update)."""
+def train_step_peak_bytes(model: Stack, task: Task, loops: int | None, batch_size: int,
+                          precision: str | None = None) -> int:
+    """Peak memory of one steady-state training step (forward, backward, AdamW update), on
+    the model's device and under the autocast of `precision`."""
     model = copy.deepcopy(model).train()
     g = torch.Generator().manual_seed(0)
     x, y = task.sample(batch_size, g, "train")
-    device = next(model.parameters()).device
+    device = device_of(model)
     x, y = x.to(device), y.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
-        logits = model(x, loops)
-        F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE).backward()
+        with autocast(device, precision):
+            logits = model(x, loops)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -239,7 +247,11 @@ def train_step_peak_bytes(model: Stack, task: Task, loops: int | None, batch_siz
     return mem.peak
 
 
-def measured_costs(model: Stack, task: Task, loops: int | None, cfg) -> dict:
-    out = latency_costs(model, task, loops, cfg.eval.decode_tokens)
-    out["train_step_peak_bytes"] = train_step_peak_bytes(model, task, loops, cfg.train.batch_size)
+def measured_costs(model: Stack, task: Task, loops: int | None, cfg,
+                   precision: str | None = None) -> dict:
+    """Decode latency, KV bytes and the training step's peak memory, on the model's device in
+    the run's number format (`precision`: the one it trained in)."""
+    out = latency_costs(model, task, loops, cfg.eval.decode_tokens, precision=precision)
+    out["train_step_peak_bytes"] = train_step_peak_bytes(model, task, loops, cfg.train.batch_size,
+                                                         precision)
     return out

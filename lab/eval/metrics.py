@@ -31,6 +31,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from lab.eval.device import device_of
 from lab.model.stack import StackOutput
 from lab.tasks import IGNORE
 
@@ -78,6 +79,18 @@ class Accuracy:
         self.pos_loss = sums if self.pos_loss is None else self.pos_loss + sums
         self.pos_count = counts if self.pos_count is None else self.pos_count + counts
 
+    def merge(self, other: Accuracy) -> None:
+        """Add another accumulator's counts (another process's share of the same set)."""
+        self.correct += other.correct
+        self.tokens += other.tokens
+        self.seq_correct += other.seq_correct
+        self.seqs += other.seqs
+        self.loss += other.loss
+        if other.pos_loss is not None and other.pos_count is not None:
+            pl, pc = other.pos_loss.to("cpu"), other.pos_count.to("cpu")
+            self.pos_loss = pl if self.pos_loss is None else self.pos_loss.to("cpu") + pl
+            self.pos_count = pc if self.pos_count is None else self.pos_count.to("cpu") + pc
+
     def compute(self) -> dict[str, float]:
         out = {
             "acc_token": self.correct / max(self.tokens, 1),
@@ -95,10 +108,13 @@ class Accuracy:
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, y: torch.Tensor, loops: int | None = None,
              batch_size: int = EVAL_BATCH) -> dict[str, float]:
-    """Accuracy and loss of `model` at `loops` loops over (x, y), in batches."""
+    """Accuracy and loss of `model` at `loops` loops over (x, y), in batches on the model's
+    device."""
+    device = device_of(model)
     acc = Accuracy()
     for i in range(0, len(x), batch_size):
-        acc.update(model(x[i:i + batch_size], loops), y[i:i + batch_size])
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        acc.update(model(xb, loops), yb)
     return acc.compute()
 
 
@@ -109,6 +125,12 @@ class Diagnostics:
     def reset(self):
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+
+    def merge(self, other: Diagnostics) -> None:
+        """Add another accumulator's sums (another process's share of the same set)."""
+        for k, v in other.sums.items():
+            self.sums[k] += v
+            self.counts[k] += other.counts[k]
 
     def _add(self, key: str, total: torch.Tensor, n: int) -> None:
         self.sums[key] += float(total)

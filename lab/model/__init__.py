@@ -28,13 +28,14 @@ __all__ = [
 ]
 
 
-def resolve(cfg: LabConfig) -> tuple[LabConfig, Task, StackPlan]:
-    """Build the task, solve parameter matching, and plan the stack.
+def resolve(cfg: LabConfig, task: Task | None = None) -> tuple[LabConfig, Task, StackPlan]:
+    """Build the task (unless `task`, built from cfg.task, is given), solve parameter
+    matching, and plan the stack.
 
     Returns the config with matched widths filled in (what the run records), the task and
     the plan. Pure apart from building the task object.
     """
-    task = build_task(cfg.task)
+    task = build_task(cfg.task) if task is None else task
     m = cfg.model
     check_loop_mode(m.loop_mode, task.causal, f"task '{cfg.task.get('name')}'")
     if m.match_params:

@@ -44,6 +44,13 @@ from lab.model.walks import serial
 LOOP_MODES = {"serial": serial, "parallel": parallel_walk}
 
 
+def dense_block(block: Block, h: torch.Tensor) -> torch.Tensor:
+    """One block over a whole sequence, without cache or attention hook: what
+    :meth:`Stack.compile_blocks` compiles. Blocks of one width share its graphs, whatever
+    the loop count, so a looped model compiles once for every r."""
+    return block(h)
+
+
 class Stack(nn.Module):
     def __init__(self, plan: StackPlan, vocab_size: int, max_len: int, causal: bool,
                  dropout: float = 0.0):
@@ -82,6 +89,19 @@ class Stack(nn.Module):
         if plan.tied:
             # After every draw, so that a tied and an untied model share their other weights.
             self.head.weight = self.embed.weight
+        self.dense: Callable | None = None  # compiled dense_block (train.compile), or eager
+
+    def compile_blocks(self, enabled: bool = True, **options) -> None:
+        """torch.compile each block (train.compile), not the whole walk: the walk's loop count
+        is a Python int that would recompile per value (and hit the recompile limit with
+        sampled loop counts), while a block's graph does not depend on it. Every walk that
+        runs blocks over whole sequences uses it (the forward, the traced walk of
+        supervision=every and truncated backpropagation, validation); decoding with a cache
+        and the attention hooks of parallel looping's core blocks run eager. `options` go to
+        torch.compile (e.g. backend); enabled=False returns to eager."""
+        if enabled:
+            torch._dynamo.reset()  # each run starts with the whole recompile budget
+        self.dense = torch.compile(dense_block, **options) if enabled else None
 
     @property
     def walk(self):
@@ -115,7 +135,10 @@ class Stack(nn.Module):
         """Run `blocks` on h (entered from block `prev`); h's first position is `pos`."""
         for b in blocks:
             h = self.move(h, prev, b, carry)
-            h = self.blocks[b](h, None if caches is None else caches.pop(0), pos=pos)
+            if self.dense is not None and caches is None and pos == 0:
+                h = self.dense(self.blocks[b], h)
+            else:
+                h = self.blocks[b](h, None if caches is None else caches.pop(0), pos=pos)
             prev = b
         return h, prev
 

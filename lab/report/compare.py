@@ -20,7 +20,7 @@ from lab.report.html import write_html
 from lab.report.markdown import md_table
 from lab.report.study import StudyAnalysis
 from lab.report.write import check_fingerprint
-from lab.study.run import load_existing_study
+from lab.study.identity import load_existing_study
 from lab.study.spec import load_ablation
 
 

@@ -95,8 +95,8 @@ def write_rows(rows: list[dict], out: Path, fmt: str) -> Path:
 def export_study(path: str, overrides: list[str] | None = None, fmt: str = "csv",
                  out: str | None = None) -> Path:
     """Write the study's trials to `out` (default reports/<study>/trials.<fmt>)."""
+    from lab.study.identity import load_existing_study
     from lab.study.journal import report_folder
-    from lab.study.run import load_existing_study
     from lab.study.spec import load_ablation
 
     abl = load_ablation(path, overrides or [])

@@ -28,7 +28,7 @@ from lab.report.fmt import (
 from lab.report.protocol import protocol_section
 from lab.report.study import StudyAnalysis
 from lab.stats import best_per_cost, cheapest_within_best, knee_point, pareto_front
-from lab.study.attrs import GIT_ATTR, PROVENANCE_ATTR, THREADS_ATTR, trial_pair
+from lab.study.attrs import GIT_ATTR, PROVENANCE_ATTR, RUNTIME_ATTR, THREADS_ATTR, trial_pair
 from lab.study.hparams import swept_keys
 from lab.study.storage import redact_url
 
@@ -294,6 +294,7 @@ def environment(sa: StudyAnalysis) -> list[str]:
     revs: dict[str, int] = defaultdict(int)
     dirty = False
     threads = set()
+    runtimes: dict[str, int] = defaultdict(int)
     wall, counted = 0.0, set()
     starts, ends = [], []
     for t in trials:
@@ -303,6 +304,8 @@ def environment(sa: StudyAnalysis) -> list[str]:
             dirty |= bool(g.get("dirty"))
         if t.user_attrs.get(THREADS_ATTR):
             threads.add(t.user_attrs[THREADS_ATTR])
+        if rt := t.user_attrs.get(RUNTIME_ATTR):
+            runtimes[runtime_text(rt)] += 1
         if t.state == TrialState.COMPLETE and trial_pair(t) not in counted:  # each pair once
             counted.add(trial_pair(t))
             wall += float(t.user_attrs.get("wall_time_s") or 0)
@@ -322,9 +325,21 @@ def environment(sa: StudyAnalysis) -> list[str]:
         f"- device: {d.get('cpu', '?')}, {d.get('cores', '?')} cores"
         + (f", GPU {d['gpu']}" if d.get("gpu") else ", no GPU")
         + f"; {', '.join(map(str, sorted(threads))) or '?'} thread(s) per trial",
+        *([f"- trials ran on {', '.join(f'{k} ({n} trials)' for k, n in runtimes.items())}"
+           + ("; **they did not all run alike: their numbers are not comparable**"
+              if len(runtimes) > 1 else "")] if runtimes else []),
         f"- training wall time (sum over completed trials): {wall / 60:.1f} min"
         + (f"; study span (first start to last finish): {span / 60:.1f} min" if span else ""),
     ]
+
+
+def runtime_text(rt: dict) -> str:
+    """How a trial ran, in words: 'cuda, bf16-mixed, compiled, fused AdamW'."""
+    n = rt.get("devices") or 1
+    return ", ".join([f"{rt.get('device', '?')}" + (f" x{n}" if n > 1 else ""),
+                      str(rt.get("precision", "?")),
+                      *(["compiled"] if rt.get("compile") else []),
+                      *(["fused AdamW"] if rt.get("fused_adamw") else [])])
 
 
 def shape_lines(sa: StudyAnalysis) -> list[str]:

@@ -14,8 +14,8 @@ from lab.report.html import write_html
 from lab.report.markdown import write_markdown
 from lab.report.study import StudyAnalysis
 from lab.study.attrs import FINGERPRINT_ATTR
+from lab.study.identity import canonical, first_difference, load_existing_study, stored_identity
 from lab.study.journal import report_folder
-from lab.study.run import canonical, first_difference, load_existing_study, stored_identity
 from lab.study.spec import Ablation, load_ablation
 from lab.study.storage import redact_url, storage_errors
 

@@ -26,6 +26,10 @@ SPURIOUS_ATTR = "lab.spurious"  # a trial asked for after the queue had emptied:
 GIT_ATTR = "lab.git"
 TUNED_PARAMS_ATTR = "lab.tuned_params"  # the tuned values a measured trial ran with
 THREADS_ATTR = "lab.threads"
+# How a trial ran: {device, devices, precision (the one actually used), compile, fused_adamw}.
+# On the study: {device, precision} of the machine that made it; a machine that would run
+# its trials otherwise is refused (lab.study.schedule.check_runtime).
+RUNTIME_ATTR = "lab.runtime"
 
 # Trial user attributes holding results (see lab.study.objective.record).
 METRICS_ATTR = "metrics"  # final metrics {name: value}, diagnostics excluded

@@ -32,6 +32,7 @@ def measure(abl: Ablation, rounds: int = ROUNDS, threads: int = 1) -> dict[str, 
 
     from lab.eval.cost import latency_costs
     from lab.model import build_model, resolve
+    from lab.train.machine import resolve_precision, train_device
 
     torch.set_num_threads(threads)
     models = {}
@@ -39,8 +40,10 @@ def measure(abl: Ablation, rounds: int = ROUNDS, threads: int = 1) -> dict[str, 
         cfg, task, plan = resolve(cfg)
         torch.manual_seed(0)
         loops = cfg.model.eval_loops or cfg.model.loops
-        models[setting.label] = (build_model(cfg, task, plan).eval(), task, loops,
-                                 cfg.eval.decode_tokens)
+        # Timed where the trials ran, in their number format.
+        model = build_model(cfg, task, plan).to(train_device(cfg)).eval()
+        models[setting.label] = (model, task, loops, cfg.eval.decode_tokens,
+                                 resolve_precision(cfg.train))
     seconds: dict[str, list[float]] = {k: [] for k in models}
     mode = None
     order = list(models)
@@ -49,8 +52,8 @@ def measure(abl: Ablation, rounds: int = ROUNDS, threads: int = 1) -> dict[str, 
         for _ in range(rounds):
             rng.shuffle(order)
             for k in order:
-                model, task, loops, n = models[k]
-                out = latency_costs(model, task, loops, n, repeats=3)
+                model, task, loops, n, precision = models[k]
+                out = latency_costs(model, task, loops, n, repeats=3, precision=precision)
                 seconds[k].append(out["latency_s_per_token"])
                 mode = out["latency_mode"]
     return {"rounds": rounds, "seconds": seconds, "mode": mode}
@@ -65,20 +68,28 @@ def measure_context(abl: Ablation, lengths: list[int], batches: list[int],
     import torch
 
     from lab.eval.context import context_model, measure_contexts, needed_positions, setting_info
+    from lab.eval.device import autocast_dtype
     from lab.model import resolve
+    from lab.train.machine import resolve_precision, train_device
 
     torch.set_num_threads(threads)
     max_len = needed_positions(lengths, steps)
     models, info, skipped = {}, {}, {}
+    precision = None
     for setting, cfg in abl.setting_configs():
         cfg, task, plan = resolve(cfg)
         if not task.causal:
             skipped[setting.label] = "bidirectional task: no token-by-token decoding"
             continue
         loops = cfg.model.eval_loops or cfg.model.loops
-        models[setting.label] = (context_model(plan, task.vocab_size, max_len), loops)
-        info[setting.label] = setting_info(plan, loops, sorted(lengths))
-    out = measure_contexts(models, lengths, batches, rounds, steps) if models else {
+        precision = resolve_precision(cfg.train)  # the study's: one for every setting
+        models[setting.label] = (context_model(plan, task.vocab_size, max_len)
+                                 .to(train_device(cfg)), loops)
+        # The formula in the number format the cache is measured in (2 bytes under autocast).
+        size = 4 if autocast_dtype(precision) is None else 2
+        info[setting.label] = setting_info(plan, loops, sorted(lengths), size)
+    out = measure_contexts(models, lengths, batches, rounds, steps,
+                           precision=precision) if models else {
         "lengths": sorted(lengths), "batches": sorted(batches), "rounds": rounds,
         "steps": steps, "settings": {}}
     for k, v in out["settings"].items():

@@ -10,7 +10,7 @@ authentication).
 from __future__ import annotations
 
 from lab.errors import LabError
-from lab.study.run import existing_storage, load_existing_study
+from lab.study.identity import existing_storage, load_existing_study
 from lab.study.spec import load_ablation
 
 

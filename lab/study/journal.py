@@ -8,7 +8,7 @@ and text, so it can be committed with the report. The lines are written in one g
 without the writer's random worker id, so the same study gives the same file.
 
 When a study's own storage does not exist (a fresh clone has no ``studies/``),
-:func:`lab.study.run.load_existing_study` reads the study from this file instead
+:func:`lab.study.identity.load_existing_study` reads the study from this file instead
 (:func:`read_journal`): into memory, never writing the committed file back.
 """
 

@@ -25,6 +25,7 @@ from lab.study.attrs import (
     METRIC_PREFIX,
     OOM,
     QUEUED_ATTR,
+    RUNTIME_ATTR,
     SEED_HIGH,
     SEED_LOW,
     SETTING_ATTR,
@@ -341,6 +342,7 @@ def record(res) -> dict[str, Any]:
         "plan": res.plan["description"],
         "widths": res.plan["widths"],
         "mlp_hidden": res.plan["hidden"],
+        RUNTIME_ATTR: res.runtime,
         CURVE_ATTR: curve_columns(res.curve),
     })
     if res.budgets:

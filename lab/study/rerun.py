@@ -59,8 +59,8 @@ def split_seed(overrides: list[str]) -> tuple[int | None, list[str]]:
 def rerun(path: str, setting: str, overrides: list[str] | None = None,
           runs_dir: str = "runs", progress: bool = True,
           announce=None) -> tuple[Ablation, Setting, int, RunResult]:
+    from lab.study.identity import load_existing_study
     from lab.study.objective import measured_config
-    from lab.study.run import load_existing_study
 
     seed, rest = split_seed(overrides or [])
     abl = load_ablation(path, rest)
@@ -105,7 +105,7 @@ def stored_value(abl: Ablation, label: str, seed: int, trials=None) -> float | N
     """The study's completed value for (setting, seed), when the study has one."""
     from optuna.trial import TrialState
 
-    from lab.study.run import load_existing_study
+    from lab.study.identity import load_existing_study
 
     if trials is None:
         try:

@@ -66,8 +66,8 @@ def trial_run_dir(path: str, setting: str, overrides: list[str]) -> tuple[Path, 
     from optuna.trial import TrialState
 
     from lab.study.attrs import SETTING_ATTR
+    from lab.study.identity import load_existing_study
     from lab.study.rerun import find_setting, split_seed
-    from lab.study.run import load_existing_study
     from lab.study.spec import load_ablation
 
     seed, rest = split_seed(overrides)

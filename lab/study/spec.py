@@ -39,6 +39,7 @@ from lab.config import LabConfig, flatten, load_config, parse_overrides, read_ya
 from lab.errors import ConfigError, LabError
 from lab.provenance import REPO
 from lab.study.attrs import SEED_HIGH, SEED_LOW, decode
+from lab.study.schedule import check_workers
 from lab.study.sections import (
     AnalysisSpec,
     ContextCosts,
@@ -74,10 +75,11 @@ NON_IDENTITY_KEYS = {
     "out_dir": "where runs are written (the sweep passes its runs directory)",
     "train.threads": "the sweep sets it per worker and records it on each trial (lab.threads)",
     "train.progress": "display only; the sweep turns it off",
+    "train.trials_per_gpu": "how many trials share a GPU at a time: scheduling, not results",
 }
 # Keys added to the identity after studies were made: the value each had then (the stored
 # fingerprint of an older study is migrated when these hold these values, see
-# lab.study.run.migrate_identity).
+# lab.study.identity.stored_identity).
 ADDED_IDENTITY_KEYS = {
     "train.accelerator": "auto", "train.devices": 1, "train.strategy": "auto",
     "train.precision": "auto",
@@ -350,7 +352,7 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablat
     study = _study_name(name, config_over, ov) if given is None else str(given)
     check_study_name(study, f"ablation '{path}': name" if given is None else "study")
     storage = str(raw.get("storage") or f"sqlite:///studies/{study}.db")
-    workers = raw.get("workers")
+    workers = check_workers(raw.get("workers"), f"ablation '{path}': workers")
     abl = Ablation(
         path=path, name=name, description=str(raw.get("description", "")).strip(),
         question=str(raw.get("question", "")).strip(), base=base_paths,

@@ -19,11 +19,11 @@ from lab.study.attrs import (
     is_deterministic_failure,
     stored_seed_choices,
 )
+from lab.study.identity import sampler_and_pruner
 from lab.study.objective import TrialFailed, ignore_stop_signals, make_objective
 from lab.study.outage import EXIT_STORAGE_LOST, StorageUnavailable, stop_retrying
 from lab.study.outage import state as outage_state
 from lab.study.queue import count_done, queue_missing, reclaim_and_requeue, worker_identity
-from lab.study.run import sampler_and_pruner
 from lab.study.spec import load_ablation
 from lab.study.storage import (
     PARENT_ENV,

@@ -62,6 +62,7 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from lab.errors import ConfigError
@@ -111,6 +112,16 @@ def check_eval_room(task, n: int, splits: tuple[str, ...]) -> None:
     check = getattr(task, "check_room", None)
     if check is not None:
         check(n, tuple(splits), " (train.val_size: the sequences of each evaluation set)")
+
+
+def windows(data: np.ndarray | torch.Tensor, starts: np.ndarray, length: int) -> torch.Tensor:
+    """Rows ``data[s : s + length]`` for every start ``s``, as int64: gathered on the host from
+    an array (a memory-mapped corpus), or on the tensor's device (only the starts are copied
+    there, without blocking), so a task that keeps its data on a GPU samples off the host."""
+    if isinstance(data, torch.Tensor):
+        at = torch.from_numpy(starts).to(data.device, non_blocking=True)[:, None]
+        return data[at + torch.arange(length, device=data.device)].long()
+    return torch.from_numpy(data[starts[:, None] + np.arange(length)].astype(np.int64))
 
 
 def describe(task) -> str:
@@ -175,13 +186,18 @@ def accuracy_by_difficulty(
         pred = pred.argmax(-1)
     mask = y != IGNORE
     dv = d[mask].long()
-    hit = (pred[mask] == y[mask]).long()
+    hit = pred[mask] == y[mask]
     if dv.numel() == 0:
         return {}
-    values, inverse = torch.unique(dv, return_inverse=True)
-    count = torch.bincount(inverse, minlength=len(values))
-    correct = torch.bincount(inverse, weights=hit.double(), minlength=len(values)).long()
-    return {int(v): (int(c), int(k)) for v, c, k in zip(values, correct, count, strict=True)}
+    # Counted by sorting (torch.unique), which is deterministic on every device: a weighted
+    # bincount has no deterministic CUDA kernel and raises under train.deterministic.
+    values, count = torch.unique(dv, return_counts=True)
+    hit_values, hit_count = torch.unique(dv[hit], return_counts=True)
+    correct = torch.zeros_like(count)
+    correct[torch.searchsorted(values, hit_values)] = hit_count
+    # One copy to the host for the whole table.
+    rows = torch.stack([values, correct, count]).tolist()
+    return {v: (c, k) for v, c, k in zip(*rows, strict=True)}
 
 
 def merge_counts(*parts: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from lab.errors import ConfigError
-from lab.tasks.base import SPLITS, Task
+from lab.tasks.base import SPLITS, Task, windows
 from lab.tasks.files import open_regular
 from lab.tasks.splits import assign_splits
 
@@ -350,7 +350,7 @@ class TextTask(Task):
     def _load(self) -> None:
         T = self.cfg.seq_len
         all_roots = self.roots + self.ood_roots
-        self.data: dict[str, np.ndarray] = {}
+        self.data: dict[str, np.ndarray | torch.Tensor] = {}
         self._offsets, self._cum, self._counts, self.n_windows = {}, {}, {}, {}
         self.room: dict[str, int] = {}  # non-overlapping windows inside single files
         for split in SPLITS:
@@ -423,9 +423,13 @@ class TextTask(Task):
                               "split (per-setting tuning scores on it): add files, or drop the "
                               "ablation's tune section.")
         idx = torch.randint(0, self.n_windows[split], (n,), generator=generator)
-        s = self.starts(idx, split)
-        w = torch.from_numpy(self.data[split][s[:, None] + np.arange(T + 1)].astype(np.int64))
+        w = windows(self.data[split], self.starts(idx, split), T + 1)
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+    def to_device(self, device: torch.device) -> None:
+        """Keep the split arrays on `device` (a GPU: moved once), to gather batches there."""
+        self.data = {k: torch.as_tensor(a if isinstance(a, torch.Tensor) else np.array(a)).to(device)
+                     for k, a in self.data.items()}
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(

@@ -79,7 +79,7 @@ class WordProblemTask(Task):
     # ---------------------------------------------------------------- difficulty
     def difficulty(self, x: torch.Tensor) -> torch.Tensor:
         """The prefix length t (1-based) of every position."""
-        return torch.arange(1, x.shape[1] + 1).expand_as(x).clone()
+        return torch.arange(1, x.shape[1] + 1, device=x.device).expand_as(x).clone()
 
     def difficulty_values(self, split: str) -> list[int]:
         T = self.ood_length if split == "ood" else self.cfg.length

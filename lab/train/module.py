@@ -64,6 +64,7 @@ class LabModule(pl.LightningModule):
         self.loops_used = {s: [0, 0] for s in self.splits}  # adaptive exit: sum, count
         self.diag = Diagnostics()
         self.final: dict[str, float] = {}
+        self.last_loss: float | None = None  # the latest logged training loss, for the bar
         # Metrics at every validation step (diagnostics excluded): the learning curve.
         self.history: list[dict[str, float]] = []
         m = cfg.model
@@ -108,10 +109,13 @@ class LabModule(pl.LightningModule):
         step = self.global_step
         loss = self.loss(x, y, sample_loops(self.cfg, step))
         if (step + 1) % self.cfg.train.log_every == 0 or step == 0:
-            value = float(loss.detach())
+            value = float(loss.detach())  # a host-device sync, every log_every steps only
             if not math.isfinite(value):
                 raise Diverged(f"training loss is {value} at step {step}")
-            self.log("train/loss", value, on_step=True, prog_bar=True)
+            # Not a progress-bar metric: Lightning would read it back (.item()) at every step;
+            # the bar shows last_loss instead.
+            self.last_loss = value
+            self.log("train/loss", value, on_step=True)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
         return loss
 
@@ -136,7 +140,32 @@ class LabModule(pl.LightningModule):
             self.by_difficulty[split] = merge_counts(
                 self.by_difficulty[split], accuracy_by_difficulty(logits, y, self.task.difficulty(x)))
 
+    def gather_counts(self) -> None:
+        """On several devices, add up every process's counts (each validated its own share
+        of every split), so every process computes the metrics of the whole sets."""
+        import torch.distributed as dist
+
+        for a in self.acc.values():  # pickled below: keep it on the host
+            a.pos_loss = None if a.pos_loss is None else a.pos_loss.cpu()
+            a.pos_count = None if a.pos_count is None else a.pos_count.cpu()
+        mine = (self.acc, self.by_difficulty, self.loops_used, self.diag)
+        parts: list = [None] * self.trainer.world_size
+        dist.all_gather_object(parts, mine)
+        self.acc = {s: Accuracy(by_position=self.bytes) for s in self.splits}
+        self.by_difficulty = {s: {} for s in self.splits}
+        self.loops_used = {s: [0, 0] for s in self.splits}
+        self.diag = Diagnostics()
+        for acc, by_difficulty, loops_used, diag in parts:
+            for s in self.splits:
+                self.acc[s].merge(acc[s])
+                self.by_difficulty[s] = merge_counts(self.by_difficulty[s], by_difficulty[s])
+                self.loops_used[s] = [a + b for a, b in zip(self.loops_used[s], loops_used[s],
+                                                            strict=True)]
+            self.diag.merge(diag)
+
     def on_validation_epoch_end(self):
+        if self.trainer.world_size > 1:
+            self.gather_counts()
         metrics = {}
         for split, acc in self.acc.items():
             if acc.tokens:

@@ -11,15 +11,21 @@ from lab.config import LabConfig, decay_start
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: LabConfig):
-    """AdamW with weight decay on matrices only, and the step-wise LambdaLR schedule."""
+    """AdamW with weight decay on matrices only, and the step-wise LambdaLR schedule.
+
+    On a GPU the update is one fused kernel (``fused=True``) instead of a chain of foreach
+    kernels; on a CPU it stays the default implementation (the results of CPU runs do not
+    change).
+    """
     t = cfg.train
     params = list(params)
     decay = [p for p in params if p.dim() >= 2]
     other = [p for p in params if p.dim() < 2]
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": t.weight_decay},
          {"params": other, "weight_decay": 0.0}],
-        lr=t.lr, betas=(0.9, 0.95),
+        lr=t.lr, betas=(0.9, 0.95), fused=fused or None,
     )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
 

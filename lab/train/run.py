@@ -21,6 +21,7 @@ from lab.config import LabConfig, flatten, run_seed, to_dict
 from lab.errors import LabError
 from lab.eval import cost
 from lab.eval.curves import adaptive_curves, extrapolate
+from lab.eval.device import autocast
 from lab.model import StackPlan, resolve
 from lab.provenance import provenance
 from lab.tasks import check_eval_room, task_record
@@ -34,6 +35,7 @@ from lab.train.budgets import (
     save_done,
 )
 from lab.train.data import EVAL_SPLITS, TaskData
+from lab.train.machine import check_machine, resolve_precision
 from lab.train.module import Diverged, LabModule, Throughput
 from lab.train.tensorboard import (
     FigureLogger,
@@ -56,6 +58,8 @@ def quiet_lightning() -> None:
         ".*is an invalid version and will not be supported.*",
         ".*Found .* module\\(s\\) in eval mode at the start of training.*",
         ".*callbacks used to create the checkpoint need to be provided.*",
+        # Several devices: LabModule adds up every process's validation counts itself.
+        ".*sync_dist=True.*when logging on epoch level in distributed setting.*",
     ):
         warnings.filterwarnings("ignore", message=msg)
 
@@ -79,17 +83,11 @@ class RunResult:
     # train.budgets: {fraction: {"steps", "branch_point", "metrics"}}, the full budget included
     # (lab.train.budgets); empty without budgets.
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How it ran: device, precision actually used, devices, torch.compile, fused AdamW.
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
-
-
-def _precision(t) -> str:
-    if t.precision != "auto":
-        return t.precision
-    if torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda"):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def default_name(cfg: LabConfig) -> str:
@@ -103,6 +101,18 @@ def _latest_version(root: Path) -> str | None:
         (p for p in root.iterdir() if (p / "checkpoints" / "last.ckpt").is_file()),
         key=lambda p: p.stat().st_mtime,
     )
+    return found[-1].name if found else None
+
+
+def joined_process() -> bool:
+    """Whether this is one of the processes Lightning starts for a multi-device run besides
+    the first (they carry LOCAL_RANK > 0)."""
+    return os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0")
+
+
+def _newest_version(root: Path) -> str | None:
+    found = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) \
+        if root.is_dir() else []
     return found[-1].name if found else None
 
 
@@ -141,7 +151,8 @@ def check_resume_config(run_dir: Path, cfg: LabConfig) -> None:
         return
     old = flatten(yaml.safe_load(saved.read_text()) or {})
     new = flatten(to_dict(cfg))
-    ignore = {"resume", "train.threads", "train.progress"}  # how it runs, not what it computes
+    # How it runs, not what it computes.
+    ignore = {"resume", "train.threads", "train.progress", "train.trials_per_gpu"}
     diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
     if diff:
         k = diff[0]
@@ -176,8 +187,14 @@ def train(
     torch.set_num_threads(cfg.train.threads)
     cfg, task, plan = resolve(cfg)
     check_eval_room(task, cfg.train.val_size, ("train", *eval_splits))
+    check_machine(cfg, task, plan)  # before anything is allocated
     save_dir = save_dir or cfg.out_dir
     name = name if name is not None else default_name(cfg)
+    # The other processes of a multi-device run (Lightning starts them with LOCAL_RANK > 0)
+    # join the run directory process 0 made, and write nothing of their own into it.
+    joined = joined_process()
+    if joined and version is None:
+        version = _newest_version(Path(save_dir) / name)
     resume_from = None
     if cfg.resume:
         found = version or _latest_version(Path(save_dir) / name)
@@ -190,9 +207,10 @@ def train(
         check_resume_config(run_dir, cfg)
         check_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    (run_dir / "provenance.json").write_text(json.dumps(
-        {**provenance(), "plan": plan_record(plan, cfg), "task": task_record(task)}, indent=2))
+    if not joined:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (run_dir / "provenance.json").write_text(json.dumps(
+            {**provenance(), "plan": plan_record(plan, cfg), "task": task_record(task)}, indent=2))
 
     logger.log_config(cfg)
     try:
@@ -209,7 +227,7 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
     pl.seed_everything(run_seed(cfg), workers=True, verbose=False)
     module = LabModule(cfg, task, plan, eval_splits)
     if cfg.train.compile:
-        module.model.compile()
+        module.model.compile_blocks()
     data = TaskData(task, cfg, eval_splits)
     t = cfg.train
     throughput = Throughput(t.batch_size * task.seq_len, t.log_every)
@@ -223,6 +241,7 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
     show = t.progress if progress is None else progress
     if show:
         cbs.append(StepProgressBar(refresh_rate=max(1, t.log_every // 5), leave=True))
+    precision = resolve_precision(t)
     trainer = make_trainer(cfg, logger, cbs, show)
     result = RunResult(status="ok", run_dir=str(run_dir), config=to_dict(cfg),
                        plan=plan_record(plan, cfg))
@@ -248,17 +267,28 @@ def _fit(cfg, task, plan, logger: RunLogger, run_dir: Path, callbacks, progress,
             for k, v in b["metrics"].items():  # TensorBoard: each budget's metrics at its step
                 if isinstance(v, int | float) and not k.startswith("diag/"):
                     logger.experiment.add_scalar(f"budget/{k}", v, global_step=b["steps"])
-    model = module.model.float().cpu().eval()
+    device = trainer.strategy.root_device
+    opt = trainer.optimizers[0] if trainer.optimizers else None
+    result.runtime = {"device": device.type, "devices": trainer.num_devices,
+                      "precision": precision, "compile": bool(t.compile),
+                      "fused_adamw": bool(opt is not None and opt.defaults.get("fused"))}
+    if not trainer.is_global_zero:
+        return result  # one process of a multi-device run measures and records
+    # Measured where it trained, in the number format it trained in (Lightning's teardown
+    # moved the model to the CPU), on the eager blocks (FLOPs are counted op by op).
+    module.model.compile_blocks(False)
+    model = module.model.float().to(device).eval()
     result.costs = cost.static_costs(model, plan, task, module.eval_loops)
     result.costs["train_tokens_per_s"] = throughput.tokens_per_s
     if result.status == "ok":
         if cfg.eval.cost:
-            result.costs.update(cost.measured_costs(model, task, module.eval_loops, cfg))
-        if plan.looped and "val" in eval_splits:
-            result.extrapolation = extrapolate(model, task, data, cfg)
-            _log_extrapolation(logger, result.extrapolation)
-            if plan.loop_mode == "serial" and cfg.eval.diagnostics:
-                result.adaptive = adaptive_curves(model, data, cfg)
+            result.costs.update(cost.measured_costs(model, task, module.eval_loops, cfg, precision))
+        with autocast(device, precision):
+            if plan.looped and "val" in eval_splits:
+                result.extrapolation = extrapolate(model, task, data, cfg)
+                _log_extrapolation(logger, result.extrapolation)
+                if plan.loop_mode == "serial" and cfg.eval.diagnostics:
+                    result.adaptive = adaptive_curves(model, data, cfg)
     logger.log_results(hparams, final_metrics(result.metrics, result.costs, result.status != "ok"),
                        step=trainer.global_step, domain=hparam_domain, status=result.status)
     (run_dir / "results.json").write_text(json.dumps(result.to_json(), indent=2, default=str))
@@ -272,7 +302,8 @@ def make_trainer(cfg: LabConfig, logger, callbacks: list[Callback], show: bool) 
         accelerator=t.accelerator,
         devices=t.devices,
         strategy=t.strategy,
-        precision=_precision(t),
+        precision=resolve_precision(t),
+        use_distributed_sampler=False,  # TaskData shards every split itself, without padding
         deterministic=t.deterministic,
         logger=logger,
         callbacks=callbacks,
@@ -300,7 +331,7 @@ def train_budgets(cfg: LabConfig, task, plan: StackPlan, run_dir: Path,
         pl.seed_everything(run_seed(bcfg), workers=True, verbose=False)
         module = LabModule(bcfg, task, plan, eval_splits)
         if bcfg.train.compile:
-            module.model.compile()
+            module.model.compile_blocks()
         data = TaskData(task, bcfg, eval_splits)
         trainer = make_trainer(bcfg, False, [], False)
         trainer.fit(module, datamodule=data, ckpt_path=branch_checkpoint(run_dir, steps),

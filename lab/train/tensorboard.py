@@ -298,4 +298,7 @@ class StepProgressBar(RichProgressBar):
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        loss = getattr(pl_module, "last_loss", None)  # a number already on the host
+        if loss is not None:
+            items["train/loss"] = f"{loss:.4g}"
         return items

@@ -128,16 +128,19 @@ def decode(m: Stack, x: torch.Tensor, offset: int, cache: list, r: int) -> torch
             h, prev = u, core0
             for j, b in enumerate(plan.core):
                 h = m.move(h, prev, b)
-                h = m.blocks[b](h, attend=cached_attend(m, b, kv[j], i, q_pos), pos=offset)
+                h = m.blocks[b](h, attend=cached_attend(m, b, kv[j], i, q_pos, offset + T),
+                                pos=offset)
                 prev = b
     h, prev = m.run_blocks(h, core1, plan.coda, queue, pos=offset)
     return m.logits_of(h)
 
 
-def cached_attend(m: Stack, b: int, kv: LoopKV, i: int, q_pos: torch.Tensor) -> Attend:
-    """Attention of loop i over a chunk of new positions q_pos, with the block's cache."""
+def cached_attend(m: Stack, b: int, kv: LoopKV, i: int, q_pos: torch.Tensor,
+                  end: int) -> Attend:
+    """Attention of loop i over a chunk of new positions q_pos, with the block's cache; `end`
+    is one past the last new position (known on the host: reading it off q_pos would wait
+    for the device)."""
     block, spec = m.blocks[b], m.plan.parallel
-    end = int(q_pos[-1]) + 1
 
     def attend(q, k, v, p):
         if i == 0:
