@@ -30,7 +30,6 @@ def gpus(monkeypatch, n: int, memory: float = 80e9) -> None:
     """Pretend `n` CUDA GPUs of `memory` bytes are visible (none unset in the environment)."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(machine, "cuda_count", lambda: n)
-    monkeypatch.setattr(schedule, "cuda_count", lambda: n)
     monkeypatch.setattr(machine, "gpu_memory", lambda: int(memory))
     monkeypatch.setattr(machine, "native_bf16", lambda: True)
 
@@ -107,6 +106,7 @@ class FakeWorker:
 
     def __init__(self, argv, env=None, **kw):
         FakeWorker.started.append(dict(env or {}))
+        self.stdin = SimpleNamespace(write=lambda b: None, close=lambda: None)  # the storage URL
 
     def poll(self):
         return 0
@@ -126,7 +126,7 @@ def test_each_worker_process_starts_pinned_and_a_restart_keeps_its_gpu(monkeypat
     gpus(monkeypatch, n_gpus)
     FakeWorker.started = []
     monkeypatch.setattr(study_run, "subprocess", SimpleNamespace(
-        Popen=FakeWorker, TimeoutExpired=subprocess.TimeoutExpired))
+        Popen=FakeWorker, PIPE=subprocess.PIPE, TimeoutExpired=subprocess.TimeoutExpired))
     # The sweep polls its workers every second: at once here.
     monkeypatch.setattr(study_run, "time", SimpleNamespace(time=time.time, sleep=lambda s: None))
     # The workers exit at once with work left, so the sweep restarts them (3 rounds) and

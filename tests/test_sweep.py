@@ -101,7 +101,7 @@ def test_grid_is_covered_and_report_equals_storage():
     assert "**Answer.**" in md and "## Environment" in md and "tensorboard" in md
     # Two arms: looped settings against uniform ones of equal effective depth, with cost ratios.
     assert "at equal effective depth" in md and "latency ratio" in md
-    assert summary["arms"].startswith("looped")
+    assert "looped" in summary["arms"] and "uniform" in summary["arms"]
     # No interval is drawn between two names of one model.
     assert not any({c["a"], c["b"]} == {"looped, loops=1", "uniform, n_layers=1"}
                    for c in summary["comparisons"])
@@ -128,7 +128,7 @@ def test_rerunning_a_finished_study_adds_nothing():
     pytest.param(signal.SIGINT, id="ctrl-c"),
 ])
 def test_killed_sweep_resumes_only_what_is_missing(sig):
-    proc = start_sweep("--workers", "1", "train.steps=300", "study=tiny")
+    proc = start_sweep("--workers", "1", "train.steps=120", "study=tiny")
 
     def two_done_one_running():
         states = [t.state for t in load().trials]
@@ -144,7 +144,7 @@ def test_killed_sweep_resumes_only_what_is_missing(sig):
     # Usually one trial was cut short (left RUNNING by SIGKILL, failed by Ctrl-C); the kill can
     # also land between two trials, and then nothing was.
     cut = {t.number for t in after_kill if t.state in (TrialState.RUNNING, TrialState.FAIL)}
-    assert main(["sweep", str(TINY), "--workers", "1", "train.steps=300", "study=tiny"]) == 0
+    assert main(["sweep", str(TINY), "--workers", "1", "train.steps=120", "study=tiny"]) == 0
     study = load()
     for t in study.trials:  # completed trials are untouched
         if t.number in done:
@@ -184,6 +184,7 @@ def test_worker_dead_inside_the_pop_is_reclaimed_by_its_claim():
     assert study.trials[second.number].state == TrialState.WAITING  # claimed, never popped
 
 
+@pytest.mark.slow  # a worker's SIGTERM / SIGINT is re-queued the same way in test_faults (fast)
 def test_sigkilled_worker_trial_is_rerun_once():
     proc = start_sweep("--workers", "2", "train.steps=400", "study=tiny")
 
@@ -222,7 +223,8 @@ def test_three_workers_cover_the_grid_exactly_once():
     assert main(["sweep", str(TINY), "--workers", "3", "seeds=[0,1,2]"]) == 0
     study = load()
     pairs = completed_pairs(study)
-    assert len(pairs) == 12 and set(pairs.values()) == {1}
+    # 4 settings x 3 seeds, less the twin's 3 (looped, loops=1 is uniform, n_layers=1)
+    assert len(pairs) == 9 and set(pairs.values()) == {1}
     assert not [t for t in study.trials if t.state != TrialState.COMPLETE]
 
 

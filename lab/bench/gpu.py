@@ -76,7 +76,7 @@ def peak_of(name: str) -> dict | None:
 def study_file(workdir: Path, steps: int, seeds: list[int]) -> str:
     """The GPU study as its trials run, without the tuning phase (a throughput measure, not
     a result): one seed, `steps` steps."""
-    from lab.config import read_yaml_mapping
+    from lab.yamlfile import read_yaml_mapping
 
     raw = read_yaml_mapping(REPO / STUDY, "ablation file")
     raw.pop("tune", None)

@@ -24,4 +24,4 @@ def __getattr__(name: str):
         from lab.report import write
 
         return getattr(write, name)
-    raise AttributeError(f"module 'lab.report' has no attribute '{name}'")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -172,3 +172,5 @@ def final_pairs(trials) -> dict[str, str | None]:
 def trial_seed(trial) -> int | None:
     seed = trial.params.get("seed")
     return int(seed) if seed is not None else None
+
+RECHECK_GROUP = "recheck"  # the group of the recheck phase's trials (lab.study.recheck)

@@ -25,6 +25,7 @@ from lab.study.attrs import (
     METRIC_PREFIX,
     OOM,
     QUEUED_ATTR,
+    RECHECK_GROUP,
     RUNTIME_ATTR,
     SEED_HIGH,
     SEED_LOW,
@@ -41,7 +42,6 @@ from lab.study.attrs import (
 from lab.study.hparams import hparam_domain, trial_hparams
 from lab.study.outage import StorageUnavailable
 from lab.study.queue import worker_identity
-from lab.study.recheck import RECHECK_GROUP
 from lab.study.space import Choice, Setting, fmt_value, short_key
 from lab.study.spec import Ablation
 from lab.study.tune import TUNE_GROUP, point_label, tune_objective_key, tuned_params

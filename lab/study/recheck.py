@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from lab.stats import summarize
-from lab.study.attrs import RECHECK_ATTR, TUNED_ATTR
+from lab.study.attrs import RECHECK_ATTR, RECHECK_GROUP, TUNED_ATTR
 from lab.study.queue import QueueItem
 from lab.study.records import trial_records
 from lab.study.seeding import bounds_of, design_for, options_for
@@ -23,7 +23,6 @@ from lab.study.tune import LR, point_label
 if TYPE_CHECKING:
     from lab.study.spec import Ablation
 
-RECHECK_GROUP = "recheck"
 
 
 def recheck_study_name(abl: Ablation) -> str:

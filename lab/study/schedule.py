@@ -23,15 +23,6 @@ from dataclasses import dataclass, replace
 
 from lab.errors import LabError
 from lab.study.attrs import PROVENANCE_ATTR, RUNTIME_ATTR
-from lab.train.machine import (
-    check_devices,
-    check_memory,
-    cores,
-    cuda_count,
-    resolve_precision,
-    train_device,
-    uses_cuda,
-)
 
 
 @dataclass(frozen=True)
@@ -72,6 +63,8 @@ class WorkerPlan:
 def visible_gpus() -> tuple[str, ...]:
     """The ids of the visible GPUs, as a child process must name them in
     CUDA_VISIBLE_DEVICES: the parent's own list when it has one, else 0..n-1."""
+    from lab.train.machine import cuda_count
+
     n = cuda_count()
     if n == 0:
         return ()
@@ -100,6 +93,8 @@ def plan_workers(cfg, requested: int | None, file_workers: int | None = None) ->
     """The sweep's workers on this machine for trials of config `cfg` (its trainer keys):
     `requested` (--workers / workers=), else the ablation file's `workers`, else the
     machine's default. Refuses more workers than the GPUs hold."""
+    from lab.train.machine import check_devices, cores, uses_cuda
+
     t = cfg.train
     check_devices(t)  # a trial this machine cannot place at all
     n = requested or file_workers
@@ -134,6 +129,7 @@ def check_sweep(abl, workers: WorkerPlan) -> None:
     runs that share memory counted (all workers on a CPU; trials_per_gpu on a GPU)."""
     from lab.model import resolve
     from lab.tasks import build_task
+    from lab.train.machine import check_devices, check_memory
 
     tasks: dict[str, object] = {}  # settings of one task share it (the text task reads a corpus)
     share = workers.trials_per_gpu if workers.on_gpu else workers.n
@@ -151,6 +147,8 @@ def check_sweep(abl, workers: WorkerPlan) -> None:
 
 def machine_runtime(cfg) -> dict[str, str]:
     """How this machine runs the trials of config `cfg`: device type and precision."""
+    from lab.train.machine import resolve_precision, train_device
+
     return {"device": train_device(cfg).type, "precision": resolve_precision(cfg.train)}
 
 

@@ -105,9 +105,15 @@ def expand(space: tuple, prefix: dict | None = None) -> Iterator[tuple[dict, str
         here = {**prefix, head.key: v}
         sub = head.arms.get(v, ()) if isinstance(head, Choice) and head.arms else ()
         for assign, group in expand(sub + rest, here):
-            arm = str(v) if isinstance(head, Choice) and head.arms else ""
+            arm = arm_name(head.key, v) if isinstance(head, Choice) and head.arms else ""
             # Nested arms are named by their path: "looped/add".
             yield assign, f"{arm}/{group}" if arm and group else group or arm
+
+
+def arm_name(key: str, value: Any) -> str:
+    """An arm is named by its value ("looped"); a seed_offset, a number that names nothing,
+    by key and value ("seed_offset=1000")."""
+    return f"{key}={value}" if key == "seed_offset" else str(value)
 
 
 def short_key(key: str) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from lab.config import LabConfig, flatten, load_config, parse_overrides, read_yaml_mapping, to_dict
+from lab.config import LabConfig, flatten, load_config, parse_overrides, to_dict
 from lab.errors import ConfigError, LabError
 from lab.provenance import REPO
 from lab.study.attrs import SEED_HIGH, SEED_LOW, decode
@@ -48,6 +48,7 @@ from lab.study.sections import (
     parse_tune,
 )
 from lab.study.space import Choice, Setting, expand, fmt_value, parse_space, short_key
+from lab.yamlfile import read_yaml_mapping
 
 ABLATION_KEYS = {
     "name", "description", "base", "overrides", "space", "axis", "seeds", "objective",
@@ -165,7 +166,9 @@ class Ablation:
             parts = []
             for k in varying:
                 # An arm is named by its value ("looped"), a switch by key and value.
-                bare = k in self._arm_keys() and not isinstance(params[k], bool)
+                # (seed_offset is a number that names nothing: key and value)
+                bare = (k in self._arm_keys() and not isinstance(params[k], bool)
+                        and k != "seed_offset")
                 parts.append(fmt_value(params[k]) if bare else
                              f"{short_key(k)}={fmt_value(params[k])}")
             label = ", ".join(parts) or "base"

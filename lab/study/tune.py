@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lab.stats.lrfit import LrFit, fit_lr, fit_pooled
 from lab.study.attrs import SETTING_ATTR, TUNE_EXTRA_ATTR, TUNE_OF_ATTR, TUNED_ATTR, decode
 from lab.study.queue import QueueItem
 from lab.study.space import Setting, fmt_value, short_key
 from lab.study.spec import Ablation
+
+if TYPE_CHECKING:  # scipy: only where a fit is made (the sweep parent reads studies without it)
+    from lab.stats.lrfit import LrFit
 
 TUNE_GROUP = "tune"
 LR = "train.lr"
@@ -143,6 +145,8 @@ def fit_of(abl: Ablation, summary: dict[str, Any]) -> LrFit | None:
     curve = {lr: v for lr, v in lr_curve(summary).items() if v is not None}
     if not curve or abl.tune is None or abl.tune.lr_range is None:
         return None
+    from lab.stats.lrfit import fit_lr
+
     return fit_lr(list(curve), list(curve.values()), abl.direction == "minimize")
 
 
@@ -162,6 +166,8 @@ def arms(abl: Ablation) -> dict[str, list[Setting]]:
 
 def fits(abl: Ablation, summaries: dict[str, dict[str, Any]]) -> dict[str, LrFit | None]:
     """Each tuned setting's fit: its own, or its arm's pooled one (share: arm)."""
+    from lab.stats.lrfit import fit_pooled
+
     assert abl.tune is not None
     if abl.tune.share != "arm" or abl.tune.lr_range is None:
         return {label: fit_of(abl, s) for label, s in summaries.items()}
