@@ -287,7 +287,7 @@ def assert_stopped_cleanly(workers, timeout=45.0):
 
 @pytest.mark.parametrize("how", ["sigterm", pytest.param("sigkill", marks=pytest.mark.slow)])
 def test_parent_killed_stops_its_workers(how):
-    proc = start_sweep(TINY, "--workers", "2", "train.steps=400", "study=tiny")
+    proc = start_sweep(TINY, "--workers", "2", "train.steps=3000", "study=tiny")  # cut mid-trial
     workers = running_with_workers(proc)
     assert len(workers) == 2
     proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
@@ -300,7 +300,7 @@ def test_parent_killed_stops_its_workers(how):
 
 @pytest.mark.parametrize("gap", [pytest.param(0.2, marks=pytest.mark.slow), 1.5])
 def test_ctrl_c_twice_leaves_no_running_trial_and_no_traceback(gap):
-    proc = start_sweep(TINY, "--workers", "2", "train.steps=400", "study=tiny")
+    proc = start_sweep(TINY, "--workers", "2", "train.steps=3000", "study=tiny")  # cut mid-trial
     workers = running_with_workers(proc)
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGINT)
