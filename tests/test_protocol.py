@@ -318,6 +318,10 @@ def test_budgets_sequential_seeds_and_twins_in_one_small_study():
         assert n == len(seeds)
     report = Path("reports/budgets/report.md").read_text()
     assert "### Verdicts at every budget" in report and "Compute multiplier" in report
+    # The Answer block carries each ordered arm's first step's multiplier (looped: 2 vs 1 loop).
+    answer = json.loads(Path("reports/budgets/summary.json").read_text())["answer"]
+    line = next(a for a in answer if a.startswith("**Compute multiplier**"))
+    assert "2 loops against 1 loop is worth " in line and "training compute" in line
     assert "Holm's step-down correction over the" in report
     assert "| looped, loops=1 | uniform, n_layers=1 | depth | 1 |" in report
     assert "the same model" in report

@@ -103,12 +103,14 @@ def test_answer_opens_the_report_one_line_per_arm_from_the_verdicts(loops):
     assert (f"Best: 2 loops (2.5502), {r:.2f}x the decode latency of 1 loop (95% CI {lo:.2f} "
             f"to {hi:.2f})") in lines["looped/add"]
     # Undecided: what would decide it (the verdict's own estimate, here past its cap), and
-    # the strongest caveat the checks found: without seed 0, 5 layers beat 4.
+    # the strongest caveat the checks found: without seed 0, 5 layers beat 4 (an undecided
+    # verdict stays undecided without it: its best mean is no conclusion, so the caveat is
+    # the best setting's, not the verdict's).
     assert uniform.seeds_over_cap
     assert lines["uniform"].startswith("**uniform**: undecided: more than 1000 seeds per "
                                        "setting would be needed to decide it. Best: 4 layers")
-    assert "Caveat: the verdict changes without seed 0: it rests on those seeds." in \
-        lines["uniform"]
+    assert "Caveat: the best setting changes with the seed left out (uniform, n_layers=5 or " \
+           "uniform, n_layers=4)." in lines["uniform"]
     assert "Caveat: none found (the verdict holds halfway through training; the verdict and " \
            "the best setting survive leaving out any one seed)." in lines["looped/add"]
     # The arms: better / worse / not distinguishable at equal depth, from the matched rows.

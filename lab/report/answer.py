@@ -32,7 +32,32 @@ def answer_lines(sa: StudyAnalysis, verdicts: list[tuple[str, object]]) -> list[
     if arms:
         lead = (sa.meta.get("analysis") or {}).get("verdict") == "arms"
         lines = [arms, *lines] if lead else [*lines, arms]
-    return lines
+    multiplier = multiplier_line(sa)
+    return [*lines, multiplier] if multiplier else lines
+
+
+def multiplier_line(sa: StudyAnalysis) -> str:
+    """Where the study has budgets: the compute multiplier of each ordered arm's first step
+    (its second setting against its first), side by side."""
+    from lab.report.budgets import multipliers
+
+    firsts: dict[str, dict] = {}
+    for r in multipliers(sa):
+        firsts.setdefault(r["group"], r)
+    parts = []
+    for r in firsts.values():
+        if r["value"] != r["value"]:  # NaN: not computable
+            continue
+        ci = (f", {int(sa.confidence * 100)}% CI {r['low']:.2f} to {r['high']:.2f}"
+              if r["low"] == r["low"] else "")
+        note = ", extrapolated" if r["kind"] == "extrapolated" else ""
+        parts.append(f"{r['name']} against {r['reference_name']} is worth {r['value']:.2f}x "
+                     f"its {r['flops_ratio']:.2f}x training compute{ci}{note}")
+    if not parts:
+        return ""
+    return ("**Compute multiplier** (the training compute the first setting would need to reach "
+            "the second's objective, over the second's own; above 1 the step is worth more than "
+            "it costs): " + "; ".join(parts) + ".")
 
 
 def arm_name(sa: StudyAnalysis, group: str) -> str:

@@ -49,10 +49,12 @@ def stats_at_budget(sa: StudyAnalysis, key: str) -> list[SettingStats]:
 
 def content(v) -> tuple:
     """What a verdict says, for comparing verdicts: decided or not, and its saturation point,
-    regressions and best setting (curves) or its best setting and outcomes (comparisons)."""
+    regressions and best setting (curves) or its best setting and outcomes (comparisons). An
+    undecided verdict's best setting is only the best mean, not a conclusion: left out."""
+    best = v.best if v.supported else None
     if hasattr(v, "saturation"):
-        return (v.supported, v.reason, v.saturation, tuple(v.regressions), v.best)
-    return (v.supported, v.reason, v.best, tuple(sorted(v.outcomes.items())))
+        return (v.supported, v.reason, v.saturation, tuple(v.regressions), best)
+    return (v.supported, v.reason, best, tuple(sorted(v.outcomes.items())))
 
 
 def same_conclusion(a, b) -> bool:

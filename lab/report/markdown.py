@@ -55,12 +55,14 @@ def write_markdown(sa: StudyAnalysis, figures: dict[str, Figure]) -> str:
         lines += [meta.get("description") or abl.description, ""]
     n_pruned = sum(s.n_pruned for s in sa.stats)
     n_failed = sum(s.n_failed for s in sa.stats)
-    seeds = meta.get("seeds", abl.seeds)
+    # Every seed a trial ran (sequential seeds add some to the study's first list).
+    seeds = sorted({r.seed for r in sa.records} | set(meta.get("seeds", abl.seeds)))
     lines += [
         f"- task: {sa.task.get('description', cfg.get('task', {}).get('name'))}"
         + (f"; chance = {100 * sa.chance:.1f}%" if sa.chance is not None else ""),
         f"- budget per trial: {t.get('steps')} steps of batch {t.get('batch_size')}, AdamW lr "
-        + ("tuned per setting (see Protocol)"
+        + (("tuned per arm" if (abl.tune is not None and abl.tune.share == "arm")
+            else "tuned per setting") + " (see Protocol)"
            if any("train.lr" in (t.get("params") or {}) for t in sa.tuned.values())
            else f"{t.get('lr')}")
         + f" ({t.get('schedule')} schedule, {t.get('warmup')} warm-up steps), "
