@@ -53,6 +53,7 @@ def test_objective_formatters():
     assert fmt_ci(stat([1.0, 2.0], low=1.0, high=2.0), "val/loss") == "1.5000 ± 0.5000"
     assert fmt_diff(0.012, -0.003, 0.027, 100) == "+1.2 (-0.3 to +2.7)"
     assert fmt_diff(0.012, math.nan, math.nan, 100) == "+1.2"
+    assert fmt_diff(0.0, 0.0, 0.0, 100) == "+0.0 (every seed alike)"  # no zero-width interval
     assert fmt_diff(math.nan, math.nan, math.nan, 100) == "-"
 
 

@@ -100,6 +100,8 @@ def fmt_diff(d: float, lo: float, hi: float, scale: float) -> str:
     n = 1 if scale >= 100 else 3  # points to one decimal; raw units (bits per byte) to three
     if not math.isfinite(lo):
         return f"{d * scale:+.{n}f}"
+    if lo == hi:  # every seed of both gave one value: no interval to draw
+        return f"{d * scale:+.{n}f} (every seed alike)"
     return f"{d * scale:+.{n}f} ({lo * scale:+.{n}f} to {hi * scale:+.{n}f})"
 
 
