@@ -298,7 +298,10 @@ def test_parent_killed_stops_its_workers(how):
     assert_stopped_cleanly(workers)
 
 
-@pytest.mark.parametrize("gap", [pytest.param(0.2, marks=pytest.mark.slow), 1.5])
+# Slow (both gaps): the sweep's first Ctrl-C is tested fast in test_sweep (resume) and
+# test_faults (a worker's SIGINT); this checks that a second one cannot cut the stop short.
+@pytest.mark.parametrize("gap", [pytest.param(0.2, marks=pytest.mark.slow),
+                                 pytest.param(1.5, marks=pytest.mark.slow)])
 def test_ctrl_c_twice_leaves_no_running_trial_and_no_traceback(gap):
     proc = start_sweep(TINY, "--workers", "2", "train.steps=3000", "study=tiny")  # cut mid-trial
     workers = running_with_workers(proc)

@@ -109,6 +109,7 @@ def test_grid_is_covered_and_report_equals_storage():
     assert len([p for p in Path("runs/tiny").iterdir() if p.is_dir()]) == 6
 
 
+@pytest.mark.slow  # resuming is checked fast by the Ctrl-C resume test above
 def test_rerunning_a_finished_study_adds_nothing():
     assert main(["sweep", str(TINY), "--workers", "1", "seeds=[0]"]) == 0
     before = [(t.number, t.state, t.value) for t in load().trials]
