@@ -10,6 +10,7 @@ judges a difference itself.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from lab.report.fmt import fmt_obj, fmt_ratio
@@ -46,10 +47,10 @@ def multiplier_line(sa: StudyAnalysis) -> str:
         firsts.setdefault(r["group"], r)
     parts = []
     for r in firsts.values():
-        if r["value"] != r["value"]:  # NaN: not computable
+        if not math.isfinite(r["value"]):  # not computable
             continue
         ci = (f", {int(sa.confidence * 100)}% CI {r['low']:.2f} to {r['high']:.2f}"
-              if r["low"] == r["low"] else "")
+              if math.isfinite(r["low"]) else "")
         note = ", extrapolated" if r["kind"] == "extrapolated" else ""
         parts.append(f"{r['name']} against {r['reference_name']} is worth {r['value']:.2f}x "
                      f"its {r['flops_ratio']:.2f}x training compute{ci}{note}")

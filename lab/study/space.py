@@ -110,10 +110,14 @@ def expand(space: tuple, prefix: dict | None = None) -> Iterator[tuple[dict, str
             yield assign, f"{arm}/{group}" if arm and group else group or arm
 
 
+# Keys whose values name nothing by themselves (a seed_offset is just a number): their arms and
+# labels are written as key=value ("seed_offset=1000").
+NAMED_BY_KEY = frozenset({"seed_offset"})
+
+
 def arm_name(key: str, value: Any) -> str:
-    """An arm is named by its value ("looped"); a seed_offset, a number that names nothing,
-    by key and value ("seed_offset=1000")."""
-    return f"{key}={value}" if key == "seed_offset" else str(value)
+    """An arm is named by its value ("looped"), or by key and value (NAMED_BY_KEY)."""
+    return f"{key}={value}" if key in NAMED_BY_KEY else str(value)
 
 
 def short_key(key: str) -> str:

@@ -47,7 +47,7 @@ from lab.study.sections import (
     parse_analysis,
     parse_tune,
 )
-from lab.study.space import Choice, Setting, expand, fmt_value, parse_space, short_key
+from lab.study.space import NAMED_BY_KEY, Choice, Setting, expand, fmt_value, parse_space, short_key
 from lab.yamlfile import read_yaml_mapping
 
 ABLATION_KEYS = {
@@ -166,9 +166,8 @@ class Ablation:
             parts = []
             for k in varying:
                 # An arm is named by its value ("looped"), a switch by key and value.
-                # (seed_offset is a number that names nothing: key and value)
                 bare = (k in self._arm_keys() and not isinstance(params[k], bool)
-                        and k != "seed_offset")
+                        and k not in NAMED_BY_KEY)
                 parts.append(fmt_value(params[k]) if bare else
                              f"{short_key(k)}={fmt_value(params[k])}")
             label = ", ".join(parts) or "base"
