@@ -29,7 +29,13 @@ def decision_lines(sa: StudyAnalysis) -> list[str]:
         if d.outcome in ("better", "worse") and (d.worthwhile_gain or d.worthwhile_loss):
             what += ", by more than the minimum gain"
         look = sa.decided_at.get(k)
-        rows.append([f"{c.b} vs {c.a}", fmt_diff(c.diff, lo, hi, sa.scale),
+        shown = fmt_diff(c.diff, lo, hi, sa.scale)
+        now = sa.design.family.comparisons.get(k)
+        if look is not None and look < len(sa.looks) - 1 and now is not None and now.testable:
+            # Decided at an earlier look (its claims stay fixed); the verdicts quote all seeds.
+            nlo, nhi = now.interval(sa.confidence)
+            shown += f" at look {look + 1}; all seeds: {fmt_diff(now.diff, nlo, nhi, sa.scale)}"
+        rows.append([f"{c.b} vs {c.a}", shown,
                      f"{c.p:.2g}", what,
                      "-" if d.level is None else f"{d.level:.2g}"
                      + (f" (look {look + 1})" if look is not None and len(sa.looks) > 1 else "")])
