@@ -220,6 +220,21 @@ def test_plateau_after_two():
     assert v.gains[0].low > 0.01 and v.gains[0].worthwhile
 
 
+def test_inconclusive_verdicts_that_show_gains_to_different_points_say_different_things():
+    # The budget and leave-one-seed-out checks compare what verdicts say: "gains are shown up
+    # to 2 loops" and "no step is shown to gain" are both inconclusive, and not the same.
+    from lab.report.budgets import same_conclusion
+
+    up_to_2 = curve_verdict(tight({1: 0.40, 2: 0.80, 3: 0.805, 4: 0.80, 6: 0.80}), name=LOOPS)
+    none = curve_verdict(tight({1: 0.40, 2: 0.405, 3: 0.41, 4: 0.40, 6: 0.40}), name=LOOPS)
+    assert up_to_2.reason == none.reason == "inconclusive"
+    assert up_to_2.shown_up_to == "2 loops" and none.shown_up_to is None
+    assert "no step is shown to gain" in none.sentence
+    assert not same_conclusion(up_to_2, none)
+    assert same_conclusion(up_to_2, curve_verdict(
+        tight({1: 0.40, 2: 0.80, 3: 0.805, 4: 0.80, 6: 0.80}), name=LOOPS))
+
+
 def test_plateau_that_is_only_not_significant_is_inconclusive():
     # The same means with 10x the seed noise: 3 loops vs 2 loops is +0.5 points with a CI
     # reaching past the 1-point minimum gain, so neither a gain nor equivalence is shown.

@@ -48,12 +48,13 @@ def stats_at_budget(sa: StudyAnalysis, key: str) -> list[SettingStats]:
 
 
 def content(v) -> tuple:
-    """What a verdict says, for comparing verdicts: decided or not, and its saturation point,
-    regressions and best setting (curves) or its best setting and outcomes (comparisons). An
-    undecided verdict's best setting is only the best mean, not a conclusion: left out."""
+    """What a verdict says, for comparing verdicts: decided or not, and its saturation point
+    (or, when inconclusive, how far gains are shown), regressions and best setting (curves) or
+    its best setting and outcomes (comparisons). An undecided verdict's best setting is only
+    the best mean, not a conclusion: left out."""
     best = v.best if v.supported else None
     if hasattr(v, "saturation"):
-        return (v.supported, v.reason, v.saturation, tuple(v.regressions), best)
+        return (v.supported, v.reason, v.saturation, v.shown_up_to, tuple(v.regressions), best)
     return (v.supported, v.reason, best, tuple(sorted(v.outcomes.items())))
 
 
@@ -154,8 +155,9 @@ def budgets_lines(sa: StudyAnalysis, figures: dict) -> list[str]:
         for g, v in verdicts:
             same = "(full budget)" if key == rows[-1][0] else (
                 "yes" if g in full and same_conclusion(full[g], v) else "**no**")
-            what = (v.saturation or ("still rising" if v.supported else "-")) \
-                if hasattr(v, "saturation") else v.best
+            what = (v.saturation or ("still rising" if v.supported else
+                                     f"gains shown to {v.shown_up_to}" if v.shown_up_to else "-")
+                    ) if hasattr(v, "saturation") else v.best
             table.append([f"{float(key):g} ({steps} steps)", g or "all",
                           "decided" if v.supported else v.reason, what, same])
     lines += [md_table(["budget", "arm", "verdict", "levels off at / best", "same as full"],

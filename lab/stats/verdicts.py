@@ -76,6 +76,9 @@ class CurveVerdict:
     # (setting, setting) labels of the comparisons still open that the verdict waits for.
     open_pairs: list[tuple[str, str]] = field(default_factory=list)
     seeds_over_cap: bool = False
+    # Inconclusive verdicts: the last setting of the decided gains from the start (None: no
+    # step is shown to gain), part of what the verdict says.
+    shown_up_to: str | None = None
 
 
 @dataclass
@@ -354,7 +357,8 @@ def curve_verdict(
                 f"shown{also}); {need}.")
     return CurveVerdict(sentence, False, "inconclusive", best, None, regressions, gains, False,
                         seeds_needed=n, seeds_over_cap=over,
-                        open_pairs=[(stats[k].setting, stats[k + 1].setting) for k in open_steps])
+                        open_pairs=[(stats[k].setting, stats[k + 1].setting) for k in open_steps],
+                        shown_up_to=names[j] if rises else None)
 
 
 def compare_verdict(
