@@ -42,6 +42,25 @@ def test_new_task_name_starts_task_section_afresh():
     assert cfg.task["hops"] == 5 and cfg.task["causal"] is True
 
 
+def test_the_pointer_task_brings_its_own_recipe_under_what_a_config_sets(tmp_path):
+    # Learned positions and an untied head on the bidirectional pointer task (it addresses by
+    # absolute position), the defaults elsewhere; a file or an override still wins.
+    cfg = load_config()
+    assert (cfg.task["name"], cfg.model.positions, cfg.model.tie_embeddings) == (
+        "pointer", "learned", False)
+    assert load_config(overrides=["model.positions=rope"]).model.positions == "rope"
+    f = tmp_path / "a.yaml"
+    f.write_text("model: {tie_embeddings: true}\n")
+    cfg = load_config([f])
+    assert (cfg.model.positions, cfg.model.tie_embeddings) == ("learned", True)
+    for other in (["task.name=word"], ["task.causal=true"]):
+        cfg = load_config(overrides=other)
+        assert (cfg.model.positions, cfg.model.tie_embeddings) == ("rope", True), other
+    # A task set by a later layer gets its recipe too.
+    cfg = load_config([ROOT / "configs" / "text.yaml"], ["task.name=pointer"])
+    assert cfg.model.positions == "learned"
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(overrides=["model.family=looped", "model.loops=3", "task.hops=4"])
     f = tmp_path / "c.yaml"
