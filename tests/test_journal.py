@@ -87,7 +87,7 @@ def test_reading_the_journal_never_writes_it(tmp_path):
 
 
 def test_a_missing_storage_falls_back_on_the_journal(tmp_path, monkeypatch):
-    from lab.study.identity import existing_storage, load_existing_study, study_source
+    from lab.study.identity import existing_storage, load_existing_study
     from lab.study.spec import load_ablation
 
     monkeypatch.chdir(tmp_path)
@@ -96,8 +96,7 @@ def test_a_missing_storage_falls_back_on_the_journal(tmp_path, monkeypatch):
     abl = load_ablation(tmp_path / "a.yaml")
     with pytest.raises(LabError, match="does not exist, nor reports/s/study.jsonl"):
         load_existing_study(abl)
-    assert study_source(abl) == "sqlite:///studies/s.db"
     write_journal(make_storage(tmp_path), "s", journal_path("s"))
     storage, where = existing_storage(abl)
-    assert where == study_source(abl) == "reports/s/study.jsonl"  # what the report names
+    assert where == "reports/s/study.jsonl"
     assert len(load_existing_study(abl).trials) == 5

@@ -45,9 +45,14 @@ def test_scores_depend_only_on_relative_position():
     assert not torch.allclose(q @ k.transpose(-1, -2), scores[0], atol=1e-3)
 
 
+# The default recipe (rotary, tied) for every task here, the pointer task's own included
+# (lab.config.TASK_RECIPES; tests/test_config.py): these tests are about the recipe itself.
+RECIPE = ["model.positions=rope", "model.tie_embeddings=true"]
+
+
 def built(overrides, task=CAUSAL):
-    cfg = replace(load_config(overrides=["model.d_model=16", "model.n_heads=2", *overrides]),
-                  task=task)
+    cfg = replace(load_config(overrides=["model.d_model=16", "model.n_heads=2", *RECIPE,
+                                         *overrides]), task=task)
     cfg, task, plan = resolve(cfg)
     torch.manual_seed(0)
     return task, plan, build_model(cfg, task, plan).eval()
@@ -164,7 +169,8 @@ def test_tied_head_trains_one_matrix():
 
 def test_recipe_errors_name_the_key():
     with pytest.raises(ConfigError) as e:  # head size 3: no pairs to rotate
-        resolve(replace(load_config(overrides=["model.d_model=12", "model.n_heads=4"]), task=CAUSAL))
+        resolve(replace(load_config(overrides=["model.d_model=12", "model.n_heads=4", *RECIPE]),
+                        task=CAUSAL))
     assert e.value.key == "model.positions" and "even" in str(e.value)
     # ... learned positions take any head size
     resolve(replace(load_config(overrides=["model.d_model=12", "model.n_heads=4",
@@ -172,7 +178,7 @@ def test_recipe_errors_name_the_key():
     with pytest.raises(ConfigError) as e:
         resolve(replace(load_config(overrides=[
             "model.family=banded", "model.n_layers=3", "model.width_profile=explicit",
-            "model.widths=[8,24,16]", "model.n_heads=2"]), task=CAUSAL))
+            "model.widths=[8,24,16]", "model.n_heads=2", *RECIPE]), task=CAUSAL))
     assert e.value.key == "model.tie_embeddings" and "tie_embeddings=false" in str(e.value)
     with pytest.raises(ConfigError) as e:
         load_config(overrides=["model.positions=alibi"])

@@ -179,11 +179,6 @@ def reads_journal(abl: Ablation) -> bool:
             and journal_path(abl.study).is_file())
 
 
-def study_source(abl: Ablation) -> str:
-    """What a study is read from, for reports and messages: its storage or its journal."""
-    return str(journal_path(abl.study)) if reads_journal(abl) else redact_url(abl.storage)
-
-
 def existing_storage(abl: Ablation) -> tuple[object, str]:
     """The storage that holds the study, and its name for messages: the study's own storage,
     or, when that does not exist (a fresh clone has no studies/), the journal its sweep wrote
