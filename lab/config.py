@@ -271,11 +271,7 @@ TASK_RECIPES: dict[tuple[str, bool], dict[str, Any]] = {
 
 def task_recipe(task: Any) -> dict[str, Any] | None:
     """The model settings `task` (a task config mapping) needs in place of the defaults."""
-    try:
-        key = (str(task.get("name")), bool(task.get("causal", False)))
-    except AttributeError:
-        return None
-    return TASK_RECIPES.get(key)
+    return TASK_RECIPES.get((str(task.get("name")), bool(task.get("causal", False))))
 
 
 def load_config(

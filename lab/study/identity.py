@@ -171,23 +171,14 @@ def first_difference(a: dict, b: dict) -> str:
     return "setup"
 
 
-def reads_journal(abl: Ablation) -> bool:
-    """Whether the study is read from the journal beside its report: its own storage is an
-    SQLite file that does not exist (a fresh clone has no studies/) and the journal does."""
-    return (abl.storage.startswith("sqlite:///")
-            and not Path(abl.storage[len("sqlite:///"):]).is_file()
-            and journal_path(abl.study).is_file())
-
-
 def existing_storage(abl: Ablation) -> tuple[object, str]:
     """The storage that holds the study, and its name for messages: the study's own storage,
     or, when that does not exist (a fresh clone has no studies/), the journal its sweep wrote
     beside its report (read into memory: the committed file is never written)."""
-    if reads_journal(abl):
-        journal = journal_path(abl.study)
-        return read_journal(journal), str(journal)
     if abl.storage.startswith("sqlite:///") and not Path(abl.storage[len("sqlite:///"):]).is_file():
         journal = journal_path(abl.study)
+        if journal.is_file():
+            return read_journal(journal), str(journal)
         raise LabError(
             f"no study '{abl.study}': its storage {abl.storage[len('sqlite:///'):]} does not exist, "
             f"nor {journal}, the copy a sweep writes beside its report. Run it first: "
